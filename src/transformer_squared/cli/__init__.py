@@ -1,0 +1,39 @@
+"""The `t2` command line. Each verb is a plain function in a module of this package; heavy imports happen inside
+the verb, so `t2 -h` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import core
+
+VERB_MODULES = [core]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="t2", description="Transformer²: self-adaptive LLMs with SVF experts (CPU first).")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for module in VERB_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..experts import ExpertError
+
+    try:
+        return args.func(args) or 0
+    except (ExpertError, ValueError, FileNotFoundError) as e:
+        print(f"t2 {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"t2 {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Core verbs: decompose, generate, experts (list/show/mix/rm/init), export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def add_model_args(p: argparse.ArgumentParser, targets: bool = True) -> None:
+    p.add_argument("--model", default=None,
+                   help="'default' (SmolLM2-135M-Instruct, bundled), 'gemma3-270m', a .gguf file, a folder or a hub "
+                        "id (default: the expert's base model, else 'default')")
+    if targets:
+        p.add_argument("--targets", default=None,
+                       help="matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
+    p.add_argument("--cache-dir", default=None, help="SVD cache folder (default: $T2_CACHE/svd or ~/.cache/transformer_squared/svd)")
+
+
+def add_library_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--library", default=None, help="expert library folder (default: $T2_EXPERTS or ./experts)")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("decompose", help="SVD of the targeted matrices, cached on disk")
+    add_model_args(p)
+    p.add_argument("--force", action="store_true", help="recompute even if cached")
+    p.set_defaults(func=decompose_cmd)
+
+    p = sub.add_parser("generate", help="answer prompts with the base model or an expert")
+    add_model_args(p)
+    add_library_arg(p)
+    add_generation_args(p)
+    p.add_argument("--expert", default=None, help="expert name in the library, or path to an expert folder")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("prompt", nargs="+", help="one or more prompts (each answered separately)")
+    p.set_defaults(func=generate_cmd)
+
+    p = sub.add_parser("experts", help="manage the expert library")
+    add_library_arg(p)
+    esub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = esub.add_parser("list", help="list experts")
+    q.set_defaults(func=experts_list)
+    q = esub.add_parser("show", help="metadata and z statistics of one expert")
+    q.add_argument("name")
+    q.set_defaults(func=experts_show)
+    q = esub.add_parser("mix", help="z = Σ w·z over experts, saved as a new expert")
+    q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT")
+    q.add_argument("--out", required=True, help="name of the new expert")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=experts_mix)
+    q = esub.add_parser("rm", help="remove an expert")
+    q.add_argument("name")
+    q.set_defaults(func=experts_rm)
+    q = esub.add_parser("init", help="a new expert for a model: identity (z = base), or randomly perturbed")
+    add_model_args(q)
+    q.add_argument("--name", required=True)
+    q.add_argument("--parametrization", default="paper", choices=["paper", "reference"])
+    q.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to z (0 = identity)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--domain", default="")
+    q.add_argument("--description", default="")
+    q.add_argument("--overwrite", action="store_true")
+    q.set_defaults(func=experts_init)
+
+    p = sub.add_parser("export", help="merge an expert into the base: an ordinary Hugging Face folder")
+    add_model_args(p, targets=False)
+    add_library_arg(p)
+    p.add_argument("--expert", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=export_cmd)
+
+
+def _library(args):
+    from ..experts import ExpertLibrary
+
+    return ExpertLibrary(args.library)
+
+
+def _svf(args, targets: str | None, expert=None):
+    from ..svf import load_svf
+
+    model = args.model or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
+    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir)
+
+
+def decompose_cmd(args) -> int:
+    t0 = time.perf_counter()
+    svf = _svf(args, args.targets)
+    if args.force:
+        from ..svd import decompose
+
+        svf.decomposition = decompose(svf.model, svf.names, cache_dir=args.cache_dir, force=True)
+    print(f"{len(svf.names)} matrices ({args.targets or 'mlp'}), {svf.num_z():,} singular values = z parameters")
+    print(f"factors: {svf.decomposition.path} ({svf.decomposition.nbytes() / 2**20:.1f} MiB)")
+    print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def generate_cmd(args) -> int:
+    from ..generation import GenerationConfig, generate
+
+    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p)
+    expert = _library(args).get(args.expert) if args.expert else None  # fail fast, before loading the model
+    targets = args.targets or (expert.meta.targets if expert else "mlp")
+    svf = _svf(args, targets, expert)
+    with svf.applied(expert):
+        answers = generate(svf.model, svf.tokenizer, args.prompt, config, system=args.system)
+    for prompt, answer in zip(args.prompt, answers):
+        if len(args.prompt) > 1:
+            print(f"> {prompt}")
+        print(answer)
+        if expert is not None:
+            print(f"[expert: {expert.name}]", file=sys.stderr)
+    return 0
+
+
+def experts_list(args) -> int:
+    lib = _library(args)
+    names = lib.names()
+    if not names:
+        print(f"no experts in {lib.root}")
+        return 0
+    print(f"{'name':24} {'domain':12} {'params':>8} {'method':10} base")
+    for name in names:
+        info = lib.info(name)
+        print(f"{name:24} {info.get('domain', '')[:12]:12} {info.get('num_params', 0):>8} "
+              f"{info.get('created_by', {}).get('method', '')[:10]:10} {info.get('base_model', '')}")
+    return 0
+
+
+def experts_show(args) -> int:
+    lib = _library(args)
+    expert = lib.get(args.name)
+    print(json.dumps(lib.info(args.name) if args.name in lib else {**vars(expert.meta)}, indent=2, sort_keys=True))
+    import torch
+
+    z = torch.cat(list(expert.z.values()))
+    print(f"z: {z.numel():,} values over {len(expert.z)} matrices; mean {z.mean():.4f} std {z.std():.4f} "
+          f"min {z.min():.4f} max {z.max():.4f}")
+    return 0
+
+
+def parse_weights(items: list[str]) -> dict[str, float]:
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            weights[name] = float(value)
+        except ValueError:
+            raise ValueError(f"bad weight {item!r}: write NAME=WEIGHT, e.g. math=0.6") from None
+    return weights
+
+
+def experts_mix(args) -> int:
+    mixed = _library(args).mix(parse_weights(args.weights), name=args.out, overwrite=args.overwrite)
+    print(f"saved {mixed.name}: " + " + ".join(f"{w}·{n}" for n, w in mixed.meta.alpha.items()))
+    return 0
+
+
+def experts_rm(args) -> int:
+    _library(args).remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def experts_init(args) -> int:
+    import torch
+
+    from ..experts import Expert, check_name
+
+    lib = _library(args)
+    check_name(args.name)
+    if args.name in lib and not args.overwrite:
+        raise ValueError(f"expert {args.name!r} already exists; pass --overwrite or choose another name")
+    svf = _svf(args, args.targets)
+    g = torch.Generator().manual_seed(args.seed)
+    z = {n: v + args.noise * torch.randn(v.shape, generator=g) for n, v in svf.init_z(args.parametrization).items()}
+    expert = Expert.for_model(svf, z, args.parametrization, domain=args.domain, description=args.description,
+                              created_by={"method": "init", "noise": args.noise, "seed": args.seed})
+    path = lib.add(expert, args.name, overwrite=args.overwrite)
+    print(f"saved {path} ({expert.num_params():,} z values)")
+    return 0
+
+
+def export_cmd(args) -> int:
+    from ..export import export_merged
+
+    expert = _library(args).get(args.expert)
+    svf = _svf(args, expert.meta.targets, expert)
+    out = export_merged(svf, expert, args.out, overwrite=args.overwrite)
+    print(f"exported {expert.name} merged into {svf.model_id} -> {out}")
+    return 0

@@ -1,0 +1,41 @@
+"""Export an expert merged into its base model as an ordinary Hugging Face folder.
+
+The folder (config.json, model.safetensors, tokenizer files, generation_config.json) loads with plain
+``AutoModelForCausalLM`` / ``AutoTokenizer``, so vLLM, lm-eval and the rest can use an expert without knowing this
+project. ``t2_expert.json`` beside them records which expert and base it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .experts import Expert, ExpertError
+from .svf import SVFModel
+
+
+def export_merged(svf: SVFModel, expert: Expert, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    out = Path(out)
+    if out.exists() and not (overwrite and out.is_dir()):
+        raise ExpertError(f"{out} already exists; pass --overwrite or choose another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    try:
+        with svf.applied(expert):
+            svf.model.save_pretrained(tmp, safe_serialization=True)
+        if svf.tokenizer is not None:
+            svf.tokenizer.save_pretrained(tmp)
+        provenance = {"expert": expert.name, "base_model": expert.meta.base_model,
+                      "fingerprint": expert.meta.fingerprint, "parametrization": expert.parametrization,
+                      "targets": expert.meta.targets}
+        (tmp / "t2_expert.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

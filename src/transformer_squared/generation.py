@@ -1,0 +1,73 @@
+"""Chat-formatted, batched generation with a Hugging Face causal LM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError("--max-new-tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("--temperature must be >= 0 (0 means greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("--top-p must be in (0, 1]")
+
+
+def chat_text(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
+    """The prompt with the model's chat template applied (plain text when the model has none)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if system is not None:
+        messages = [{"role": "system", "content": system}, *messages]
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def encode(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Left-padded batch; templates already carry their special tokens."""
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -> list[torch.Tensor]:
+    """New token ids for each text (eos and padding stripped)."""
+    outputs: list[torch.Tensor] = []
+    for i in range(0, len(texts), config.batch_size):
+        batch = encode(tokenizer, texts[i : i + config.batch_size]).to(model.device)
+        sample = config.temperature > 0
+        out = model.generate(
+            **batch,
+            max_new_tokens=config.max_new_tokens,
+            do_sample=sample,
+            temperature=config.temperature if sample else None,
+            top_p=config.top_p if sample else None,
+            top_k=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]  # (B, new_tokens)
+        for row in new:
+            keep = row != tokenizer.pad_token_id
+            if tokenizer.eos_token_id is not None:
+                eos = (row == tokenizer.eos_token_id).nonzero()
+                if len(eos):
+                    keep[int(eos[0]) :] = False
+            outputs.append(row[keep])
+    return outputs
+
+
+def generate(model, tokenizer, prompts: list[str | list[dict]], config: GenerationConfig | None = None,
+             system: str | None = None) -> list[str]:
+    """Answer each prompt (a user message or a message list) with the chat template applied."""
+    config = config or GenerationConfig()
+    texts = [chat_text(tokenizer, p, system) for p in prompts]
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generate_ids(model, tokenizer, texts, config)]

@@ -1,0 +1,237 @@
+"""Singular Value Fine-tuning: scale each targeted matrix's singular values by a trainable vector z.
+
+With W = U diag(σ) Vᵀ (see `svd.py`), an expert is one vector per matrix and the adapted weight is
+
+    W' = U diag(σ') Vᵀ,   σ' = sigma(z, σ)
+
+Two parametrizations of σ' (chosen when an expert is made and recorded in it):
+
+- ``paper``      σ' = σ ⊙ z, z initialised to 1. W' is linear in z, so a mixture of experts is exactly the
+                 same mixture of their merged weights: W'(Σ αₖ zₖ) = Σ αₖ W'(zₖ).
+- ``reference``  as SakanaAI/self-adaptive-llms does it: m = sigmoid(z) · max_mult, σ' = σ ⊙ m · (Σσ / Σ(σ ⊙ m)),
+                 i.e. the sum of singular values is preserved. z is initialised to 0.1 everywhere (the reference
+                 adds small noise; we keep it uniform so that the initial expert reproduces the base exactly —
+                 a uniform m is undone by the rescaling). Mixtures mix z, as the reference code does; W' is not
+                 linear in z here, so they are composed from scratch.
+
+Two execution modes:
+
+- merged:   W' is written into the layer (a pointer swap of ``weight``); inference costs exactly what the base
+            costs. The original tensor is kept and put back on removal, so the base is restored bit-exactly.
+- factored: ``SVFLinear`` computes y = U (σ' ⊙ (Vᵀ x)) + b without building W'. z is the only parameter with
+            a gradient (named ``svf_z``), and each row of a batch may carry its own σ' (different experts in one
+            batch). Used for training and mixed-expert batches.
+
+Composing W' scales U's columns by σ' and does one matmul — never a dense diag(σ') matrix.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .svd import Decomposition, decompose
+
+PARAMETRIZATIONS = ("paper", "reference")
+REFERENCE_INIT = 0.1
+
+
+def init_z(rank: int, parametrization: str = "paper") -> torch.Tensor:
+    """The z that reproduces the base weight."""
+    if parametrization == "paper":
+        return torch.ones(rank)
+    if parametrization == "reference":
+        return torch.full((rank,), REFERENCE_INIT)
+    raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
+
+
+def sigma(z: torch.Tensor, S: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0) -> torch.Tensor:
+    """Adapted singular values σ' for z; z may carry leading batch dimensions (..., r)."""
+    if parametrization == "paper":
+        return S * z
+    if parametrization == "reference":
+        scaled = S * torch.sigmoid(z) * max_mult
+        return scaled * (S.sum() / scaled.sum(dim=-1, keepdim=True))
+    raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
+
+
+def compose_weight(U: torch.Tensor, sigma_: torch.Tensor, Vh: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W' = U diag(σ') Vᵀ by scaling U's columns: (out, r) * (r,) @ (r, in) -> (out, in)."""
+    return ((U * sigma_) @ Vh).to(dtype)
+
+
+class SVFLinear(nn.Module):
+    """Factored SVF layer: y = U (σ' ⊙ (Vᵀ x)) + b, with σ' from the trainable ``svf_z``."""
+
+    def __init__(self, base: nn.Linear, U, S, Vh, z: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0):
+        super().__init__()
+        self.base = base  # kept only to be put back; its weight is not used here
+        self.register_buffer("U", U, persistent=False)  # (out, r)
+        self.register_buffer("S", S, persistent=False)  # (r,)
+        self.register_buffer("Vh", Vh, persistent=False)  # (r, in)
+        self.svf_z = nn.Parameter(z.detach().clone().float())  # (r,)
+        self.parametrization, self.max_mult = parametrization, max_mult
+        self.row_sigma: torch.Tensor | None = None  # (B, r): per-row σ' overriding svf_z (mixed-expert batches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.Vh.dtype) @ self.Vh.T  # (B, T, r)
+        if self.row_sigma is not None:
+            h = h * self.row_sigma.view(self.row_sigma.shape[0], *([1] * (h.dim() - 2)), -1)
+        else:
+            h = h * sigma(self.svf_z, self.S, self.parametrization, self.max_mult)
+        y = h @ self.U.T  # (B, T, out)
+        if self.base.bias is not None:
+            y = y + self.base.bias
+        return y.to(x.dtype)
+
+
+class SVFModel:
+    """A model with its decomposition: applies experts (merged), or swaps in factored layers for training.
+
+    Merged weights are cached per expert up to ``cache_bytes`` (least recently used evicted), so switching back to
+    an expert already seen is a pointer swap.
+    """
+
+    def __init__(self, model: nn.Module, decomposition: Decomposition, cache_bytes: int = 2 << 30,
+                 tokenizer=None, model_id: str = "", targets: str = "mlp"):
+        self.model, self.decomposition = model, decomposition
+        self.tokenizer, self.model_id, self.targets = tokenizer, model_id, targets
+        self.names = decomposition.names
+        modules = dict(model.named_modules())
+        self.linears: dict[str, nn.Linear] = {n: modules[n] for n in self.names}
+        self.base_weights = {n: lin.weight.data for n, lin in self.linears.items()}  # restored on remove()
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self.active: str | None = None  # cache key of the applied expert
+        self._active_weights = self.base_weights
+        self.factored_active = False
+
+    # -- z helpers ---------------------------------------------------------------------------------------------
+    def init_z(self, parametrization: str = "paper") -> dict[str, torch.Tensor]:
+        return {n: init_z(self.decomposition.rank(n), parametrization) for n in self.names}
+
+    def sigma(self, name: str, z: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0) -> torch.Tensor:
+        return sigma(z, self.decomposition.factors(name)[1], parametrization, max_mult)
+
+    def num_z(self) -> int:
+        return sum(self.decomposition.rank(n) for n in self.names)
+
+    # -- merged mode -------------------------------------------------------------------------------------------
+    def compose(self, expert, cache: bool = True) -> dict[str, torch.Tensor]:
+        """Merged weights W' for an expert, from the cache when seen before.
+
+        A `paper` mixture is built from its components' merged weights (composed once, then cached):
+        W'(Σ αₖ zₖ) = Σ αₖ W'(zₖ), one axpy per component instead of a matmul per matrix.
+        """
+        key = expert.key
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        parts = getattr(expert, "components", None)
+        if parts and expert.parametrization == "paper":
+            weights = self._mix_cached([(self.compose(e), a) for e, a in parts])
+        else:
+            weights = {}
+            for n in self.names:
+                U, S, Vh = self.decomposition.factors(n)
+                s = sigma(expert.z[n], S, expert.parametrization, expert.max_mult)
+                weights[n] = compose_weight(U, s, Vh, self.base_weights[n].dtype)
+        if cache:
+            self._store(key, weights)
+        return weights
+
+    def _mix_cached(self, parts: list[tuple[dict[str, torch.Tensor], float | dict]]) -> dict[str, torch.Tensor]:
+        out = {}
+        for n in self.names:
+            acc = None
+            for weights, alpha in parts:
+                a = float(alpha[n]) if isinstance(alpha, dict) else float(alpha)
+                acc = weights[n] * a if acc is None else acc.add_(weights[n], alpha=a)
+            out[n] = acc
+        return out
+
+    def _store(self, key: str, weights: dict[str, torch.Tensor]) -> None:
+        if weights_nbytes(weights) > self.cache_bytes:
+            return
+        self._cache[key] = weights
+        while sum(weights_nbytes(ws) for ws in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+    def _write(self, key: str | None, weights: dict[str, torch.Tensor]) -> None:
+        for n, lin in self.linears.items():
+            lin.weight.data = weights[n]
+        self.active, self._active_weights = key, weights
+
+    def apply(self, expert, cache: bool = True) -> None:
+        """Write the expert's W' into the model (pointer swap). Validates first: on error nothing changes."""
+        if expert is None:
+            return self.remove()
+        if self.factored_active:
+            raise RuntimeError("leave factored mode before applying a merged expert")
+        expert.check_compatible(self)
+        self._write(expert.key, self.compose(expert, cache=cache))
+
+    def remove(self) -> None:
+        """Put the base weights back, bit-exactly."""
+        self._write(None, self.base_weights)
+
+    @contextmanager
+    def applied(self, expert, cache: bool = True) -> Iterator[None]:
+        """Apply an expert for the duration of a block; whatever was applied before comes back, even on error."""
+        previous = (self.active, self._active_weights)
+        self.apply(expert, cache=cache)
+        try:
+            yield
+        finally:
+            self._write(*previous)
+
+    # -- factored mode -----------------------------------------------------------------------------------------
+    @contextmanager
+    def factored(self, z: dict[str, torch.Tensor] | None = None, parametrization: str = "paper", max_mult: float = 1.0):
+        """Swap every target for an SVFLinear (only ``svf_z`` trainable); yields {name: SVFLinear}."""
+        if self.active is not None:
+            raise RuntimeError("remove the merged expert before entering factored mode")
+        z = z if z is not None else self.init_z(parametrization)
+        layers = {}
+        for n, lin in self.linears.items():
+            U, S, Vh = self.decomposition.factors(n)
+            layers[n] = SVFLinear(lin, U, S, Vh, z[n], parametrization, max_mult)
+        requires = {p: p.requires_grad for p in self.model.parameters()}
+        for p in requires:
+            p.requires_grad_(False)
+        for n, layer in layers.items():
+            _set_submodule(self.model, n, layer)
+        self.factored_active = True
+        try:
+            yield layers
+        finally:
+            for n, lin in self.linears.items():
+                _set_submodule(self.model, n, lin)
+            self.factored_active = False
+            for p, flag in requires.items():
+                p.requires_grad_(flag)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def weights_nbytes(weights: dict[str, torch.Tensor]) -> int:
+    return sum(w.numel() * w.element_size() for w in weights.values())
+
+
+def load_svf(model: str = "default", targets: str = "mlp", cache_dir=None, progress: bool = True,
+             cache_bytes: int = 2 << 30) -> SVFModel:
+    """Load a model (see models.load_model), decompose its targets (cached) and wrap it."""
+    from .models import load_model
+
+    loaded = load_model(model)
+    decomposition = decompose(loaded.model, targets, cache_dir=cache_dir, progress=progress)
+    return SVFModel(loaded.model, decomposition, cache_bytes=cache_bytes, tokenizer=loaded.tokenizer,
+                    model_id=loaded.model_id, targets=targets)
