@@ -65,24 +65,45 @@ def compose_weight(U: torch.Tensor, sigma_: torch.Tensor, Vh: torch.Tensor, dtyp
 
 
 class SVFLinear(nn.Module):
-    """Factored SVF layer: y = U (σ' ⊙ (Vᵀ x)) + b, with σ' from the trainable ``svf_z``."""
+    """Factored SVF layer: y = U (σ' ⊙ (Vᵀ x)) + b, with σ' from the trainable ``svf_z``.
+
+    Two switches serve the trainer without swapping modules: ``merge()`` composes W' once and runs as a plain
+    linear (fast rollouts under no_grad), and ``use_base`` runs the untouched base weight (reference log-probs for
+    the KL penalty).
+    """
 
     def __init__(self, base: nn.Linear, U, S, Vh, z: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0):
         super().__init__()
-        self.base = base  # kept only to be put back; its weight is not used here
+        self.base = base  # its weight is the base W; never modified here
         self.register_buffer("U", U, persistent=False)  # (out, r)
         self.register_buffer("S", S, persistent=False)  # (r,)
         self.register_buffer("Vh", Vh, persistent=False)  # (r, in)
         self.svf_z = nn.Parameter(z.detach().clone().float())  # (r,)
         self.parametrization, self.max_mult = parametrization, max_mult
         self.row_sigma: torch.Tensor | None = None  # (B, r): per-row σ' overriding svf_z (mixed-expert batches)
+        self.merged_weight: torch.Tensor | None = None
+        self.use_base = False
+
+    def sigma(self) -> torch.Tensor:
+        return sigma(self.svf_z, self.S, self.parametrization, self.max_mult)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        self.merged_weight = compose_weight(self.U, self.sigma(), self.Vh, self.base.weight.dtype)
+
+    def unmerge(self) -> None:
+        self.merged_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_base:
+            return self.base(x)
+        if self.merged_weight is not None and self.row_sigma is None:
+            return nn.functional.linear(x, self.merged_weight, self.base.bias)
         h = x.to(self.Vh.dtype) @ self.Vh.T  # (B, T, r)
         if self.row_sigma is not None:
             h = h * self.row_sigma.view(self.row_sigma.shape[0], *([1] * (h.dim() - 2)), -1)
         else:
-            h = h * sigma(self.svf_z, self.S, self.parametrization, self.max_mult)
+            h = h * self.sigma()
         y = h @ self.U.T  # (B, T, out)
         if self.base.bias is not None:
             y = y + self.base.bias

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core
+from . import core, train
 
-VERB_MODULES = [core]
+VERB_MODULES = [core, train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,420 @@
+"""Benchmark of the SVF core on the default model (SmolLM2-135M-Instruct, 90 MLP matrices), measured in one run.
+
+What is measured, each against a baseline timed in the same process and interleaved with it where practical:
+
+1. switch   `svf.apply(A)` / `svf.apply(B)` alternately, both merged weights already cached (a pointer swap), vs the
+            reference switch below.
+2. compose  `svf.apply(expert, cache=False)` for an expert never seen (validate, compose every W', write it), vs the
+            reference switch on the same fresh z.
+3. decode   greedy tokens/s with a merged expert applied vs the base model; same prompts, fixed length, order
+            alternated between repeats.
+4. svd      a fresh `decompose()` that hits the cache, then `factors(n)` for every matrix, vs
+            `decompose(..., force=True)` into a scratch directory. Each measurement runs in its own spawned process
+            after the model is loaded, and reports its peak RSS above that point (see `_peak_rss_child`).
+5. mixture  (informational) composing a `mix()` of two cached experts vs composing the same z from scratch.
+
+The reference switch is the official Transformer² code (SakanaAI/self-adaptive-llms, `compose_new_params` and
+`forward`): for every targeted matrix `W' = U @ torch.diag_embed(S * z) @ V.T`, then `param.copy_(W')` into the
+model. Deliberate simplifications, each of which can only make the reference faster: the reference also multiplies
+W' by Σσ / Σ(σ ⊙ m) (one more pass over W'), omitted; z is used as-is (the `paper` parametrization, no sigmoid).
+V is kept (in, r) as the reference stores it, so `V.T` is a view, as there.
+
+Nothing here asserts a time: it prints a table of medians (p50), p95 where there are enough samples, and ratios,
+and optionally writes everything (raw samples included) as JSON. Machines are noisy; the load average at start and
+end is printed so a reader can judge.
+
+    T2_CACHE=/tmp/t2bench python bench/bench_svf.py [--repeats N] [--quick] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS = [
+    "What is 17 times 23? Explain step by step.",
+    "Write a Python function that reverses a string.",
+    "Name three causes of the French Revolution.",
+    "Why is the sky blue?",
+]
+GOALS = {"switch": 100.0, "switch_p50_ms": 5.0, "compose": 2.0, "decode": 0.98, "svd": 10.0}
+
+
+# -- measuring ------------------------------------------------------------------------------------------------------
+def percentile(xs: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    s = sorted(xs)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(xs: list[float]) -> dict:
+    return {"n": len(xs), "p50": percentile(xs, 50), "p95": percentile(xs, 95), "min": min(xs), "samples": xs}
+
+
+def timed(fn) -> float:
+    """Seconds taken by fn()."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def machine_info() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?") \
+        if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def random_z(svf, seed: int, spread: float = 0.05) -> dict[str, torch.Tensor]:
+    """A plausible trained expert: z = 1 + noise (the `paper` parametrization, where z = 1 is the base)."""
+    g = torch.Generator().manual_seed(seed)
+    return {n: 1 + spread * torch.randn(svf.decomposition.rank(n), generator=g) for n in svf.names}
+
+
+# -- the reference switch -------------------------------------------------------------------------------------------
+class ReferenceSwitch:
+    """Official Transformer² switching: recompose every targeted W' with a dense diag(σ ⊙ z) and copy it in.
+
+    The reference copies into the model's own parameters. Here those are a private copy of the base weights,
+    installed only while the reference runs (`installed()`), so `svf`'s base and cached merged weights — which are
+    shared by pointer with the model — are never overwritten.
+    """
+
+    def __init__(self, svf):
+        self.svf = svf
+        self.factors = {}
+        for n in svf.names:
+            U, S, Vh = svf.decomposition.factors(n)
+            self.factors[n] = (U, S, Vh.T.contiguous())  # U (out, r), S (r,), V (in, r)
+        self.storage = {n: w.clone() for n, w in svf.base_weights.items()}
+
+    def install(self) -> None:
+        self.svf.remove()
+        for n, lin in self.svf.linears.items():
+            lin.weight.data = self.storage[n]
+
+    def uninstall(self) -> None:
+        self.svf.remove()  # base pointers back
+
+    @torch.no_grad()
+    def switch(self, z: dict[str, torch.Tensor]) -> None:
+        model = self.svf.model
+        for n, (U, S, V) in self.factors.items():
+            W = U @ torch.diag_embed(S * z[n]) @ V.T  # (out, r) @ (r, r) @ (r, in)
+            model.get_parameter(f"{n}.weight").copy_(W)
+
+
+# -- 1 + 2: switching and composing ----------------------------------------------------------------------------------
+def bench_switch(svf, ref: ReferenceSwitch, A, B, n_fast: int, n_ref: int) -> dict:
+    svf.apply(A)
+    svf.apply(B)  # both cached now
+    ours = []
+    for i in range(n_fast):
+        e = A if i % 2 == 0 else B
+        ours.append(timed(lambda: svf.apply(e)))
+    check = [timed(lambda: (A if i % 2 == 0 else B).check_compatible(svf)) for i in range(n_fast)]
+    svf.remove()
+    ref.install()
+    reference = [timed(lambda: ref.switch((A if i % 2 == 0 else B).z)) for i in range(n_ref)]
+    # the reference and the cached merged weights agree (last reference switch was to A or B)
+    last = A if (n_ref - 1) % 2 == 0 else B
+    cached = svf.compose(last)
+    err = max(float((svf.linears[n].weight - cached[n]).abs().max()) for n in svf.names)
+    ref.uninstall()
+    return {"ours_s": summary(ours), "reference_s": summary(reference), "check_compatible_s": summary(check),
+            "max_abs_diff_vs_reference": err}
+
+
+def bench_compose(svf, ref: ReferenceSwitch, n: int, seed0: int) -> dict:
+    """Fresh z each repeat; ours and the reference alternate which goes first."""
+    ours, reference = [], []
+    for i in range(n):
+        z = random_z(svf, seed0 + i)
+        e = _expert(svf, z)
+
+        def run_ours():
+            svf.remove()
+            gc.collect()
+            ours.append(timed(lambda: svf.apply(e, cache=False)))
+            svf.remove()
+
+        def run_ref():
+            ref.install()
+            gc.collect()
+            reference.append(timed(lambda: ref.switch(z)))
+            ref.uninstall()
+
+        for step in ((run_ours, run_ref) if i % 2 == 0 else (run_ref, run_ours)):
+            step()
+    return {"ours_s": summary(ours), "reference_s": summary(reference)}
+
+
+def bench_mixture(svf, A, B, n: int) -> dict:
+    from transformer_squared import Expert, mix
+
+    mixture = mix([A, B], [0.6, 0.4])
+    plain = Expert(mixture.z, mixture.meta)  # same z, no components: composed from scratch
+    svf.compose(A), svf.compose(B)
+    cached, scratch = [], []
+    for i in range(n):
+        for label in (("cached", "scratch") if i % 2 == 0 else ("scratch", "cached")):
+            gc.collect()
+            if label == "cached":
+                cached.append(timed(lambda: svf.compose(mixture, cache=False)))
+            else:
+                scratch.append(timed(lambda: svf.compose(plain, cache=False)))
+    a, b = svf.compose(mixture, cache=False), svf.compose(plain, cache=False)
+    err = max(float((a[k] - b[k]).abs().max()) for k in a)
+    return {"mix_of_cached_s": summary(cached), "from_z_s": summary(scratch), "max_abs_diff": err}
+
+
+def _expert(svf, z):
+    from transformer_squared import Expert
+
+    return Expert.for_model(svf, z=z, name="bench")
+
+
+# -- 3: decoding --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def decode_once(svf, batch, new_tokens: int) -> tuple[float, torch.Tensor]:
+    """Greedy decode of a fixed length (min = max new tokens, so every run does the same work)."""
+    tok = svf.tokenizer
+    t = time.perf_counter()
+    out = svf.model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             temperature=None, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+    return time.perf_counter() - t, out[:, batch["input_ids"].shape[1]:]
+
+
+def bench_decode(svf, expert, n: int, new_tokens: int) -> dict:
+    from transformer_squared.generation import chat_text, encode
+
+    batch = encode(svf.tokenizer, [chat_text(svf.tokenizer, p) for p in PROMPTS])
+    tokens = len(PROMPTS) * new_tokens
+    svf.apply(expert)
+    decode_once(svf, batch, 8)  # warm-up, both weight sets
+    svf.remove()
+    decode_once(svf, batch, 8)
+    rates = {"base": [], "expert": []}
+    outs = {}
+    for i in range(n):
+        for label in (("base", "expert") if i % 2 == 0 else ("expert", "base")):
+            svf.apply(expert if label == "expert" else None)
+            gc.collect()
+            dt, outs[label] = decode_once(svf, batch, new_tokens)
+            rates[label].append(tokens / dt)
+    svf.remove()
+    changed = sum(not torch.equal(a, b) for a, b in zip(outs["base"], outs["expert"]))
+    return {"base_tok_s": summary(rates["base"]), "expert_tok_s": summary(rates["expert"]),
+            "prompts": len(PROMPTS), "new_tokens": new_tokens, "completions_changed_by_expert": changed}
+
+
+# -- 4: SVD cache vs recomputation, one spawned process per measurement ------------------------------------------------
+def _proc_status() -> dict[str, int]:
+    """VmRSS, VmHWM (peak), RssAnon, RssFile of this process, in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _peak_rss_child(mode: str, cache_dir: str, scratch_dir: str, queue) -> None:
+    """Load the model, reset the peak-RSS mark, run one decomposition, report time and memory above that point.
+
+    Why not tracemalloc: it sees only Python allocations, not torch's or safetensors'. Why not a bare ru_maxrss:
+    it is a high-water mark for the whole process, and loading the model peaks above what follows. Linux lets a
+    process reset its own peak (`echo 5 > /proc/self/clear_refs`, VmHWM), so the peak is measured from after the
+    load; where that is refused we fall back to ru_maxrss, which then bounds the peak from above.
+    """
+    from transformer_squared.models import load_model
+    from transformer_squared.svd import decompose
+
+    model = load_model("default").model
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        method = "VmHWM after clear_refs"
+    except OSError:
+        method = "ru_maxrss (peak of the whole process, load included)"
+    before = _proc_status()
+    t = time.perf_counter()
+    if mode == "recompute":
+        d = decompose(model, "mlp", cache_dir=scratch_dir, progress=False, force=True)
+    else:
+        d = decompose(model, "mlp", cache_dir=cache_dir, progress=False)
+        if mode == "cached":
+            for n in d.names:
+                d.factors(n)
+    elapsed = time.perf_counter() - t
+    after = _proc_status()
+    peak = after["VmHWM"] if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    queue.put({"mode": mode, "seconds": elapsed, "peak_rss_delta": peak - before["VmRSS"],
+               "rss_anon_delta": after["RssAnon"] - before["RssAnon"], "rss_file_delta": after["RssFile"] - before["RssFile"],
+               "file_bytes": d.nbytes(), "method": method})
+
+
+def run_child(mode: str, cache_dir: str, scratch_dir: str) -> dict:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    p = ctx.Process(target=_peak_rss_child, args=(mode, cache_dir, scratch_dir, queue))
+    p.start()
+    result = queue.get()
+    p.join()
+    return result
+
+
+def bench_svd(cache_dir: str, n_cached: int, n_recompute: int) -> dict:
+    runs: dict[str, list[dict]] = {"cached": [], "cached_lazy": [], "recompute": []}
+    with tempfile.TemporaryDirectory(prefix="t2bench-svd-") as scratch:
+        plan = ["cached_lazy"] + ["cached", "recompute"] * n_recompute + ["cached"] * max(0, n_cached - n_recompute)
+        for mode in plan:
+            runs[mode].append(run_child(mode, cache_dir, scratch))
+    out = {}
+    for mode, rs in runs.items():
+        out[mode] = {"seconds": summary([r["seconds"] for r in rs]),
+                     "peak_rss_delta_max": max(r["peak_rss_delta"] for r in rs),
+                     "rss_anon_delta": rs[-1]["rss_anon_delta"], "rss_file_delta": rs[-1]["rss_file_delta"],
+                     "method": rs[-1]["method"]}
+    out["file_bytes"] = runs["cached"][-1]["file_bytes"]
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------------------------------
+def _ms(s: dict, key: str = "p50") -> str:
+    return f"{s[key] * 1e3:,.2f} ms"
+
+
+def _cell(s: dict, unit=_ms) -> str:
+    return f"{unit(s)} (p95 {unit(s, 'p95')})" if s["n"] >= 5 else f"{unit(s)} (n={s['n']})"
+
+
+def table(r: dict) -> tuple[list[tuple], dict]:
+    sw, co, de, sv, mx = r["switch"], r["compose"], r["decode"], r["svd"], r["mixture"]
+    ratios = {
+        "switch": sw["reference_s"]["p50"] / sw["ours_s"]["p50"],
+        "compose": co["reference_s"]["p50"] / co["ours_s"]["p50"],
+        "decode": de["expert_tok_s"]["p50"] / de["base_tok_s"]["p50"],
+        "svd": sv["recompute"]["seconds"]["p50"] / sv["cached"]["seconds"]["p50"],
+        "mixture": mx["from_z_s"]["p50"] / mx["mix_of_cached_s"]["p50"],
+    }
+    met = {
+        "switch": ratios["switch"] >= GOALS["switch"] and sw["ours_s"]["p50"] * 1e3 < GOALS["switch_p50_ms"],
+        "compose": ratios["compose"] >= GOALS["compose"],
+        "decode": ratios["decode"] >= GOALS["decode"],
+        "svd": ratios["svd"] >= GOALS["svd"],
+    }
+    tok = lambda s, k="p50": f"{s[k]:,.1f} tok/s"  # noqa: E731
+    mib = lambda b: f"{b / 2**20:,.0f} MiB"  # noqa: E731
+    yes = lambda k: "yes" if met[k] else "NO"  # noqa: E731
+    rows = [
+        ("benchmark", "ours", "reference / baseline", "ratio", "goal", "met"),
+        ("1 switch between 2 cached experts", _cell(sw["ours_s"]), _cell(sw["reference_s"]),
+         f"{ratios['switch']:,.0f}x", ">=100x, p50<5ms", yes("switch")),
+        ("  of which check_compatible", _cell(sw["check_compatible_s"]), "", "", "", ""),
+        ("2 compose+write uncached expert", _cell(co["ours_s"]), _cell(co["reference_s"]),
+         f"{ratios['compose']:.2f}x", ">=2x", yes("compose")),
+        (f"3 greedy decode {de['prompts']}x{de['new_tokens']} tok", _cell(de["expert_tok_s"], tok) + " expert",
+         _cell(de["base_tok_s"], tok) + " base", f"{ratios['decode']:.3f}x", ">=0.98x", yes("decode")),
+        ("4 SVD cache load + all factors", _cell(sv["cached"]["seconds"]), _cell(sv["recompute"]["seconds"]),
+         f"{ratios['svd']:.1f}x", ">=10x", yes("svd")),
+        ("  peak RSS above loaded model", mib(sv["cached"]["peak_rss_delta_max"]),
+         mib(sv["recompute"]["peak_rss_delta_max"]), "", "", ""),
+        ("  decompose() hit, factors untouched", _cell(sv["cached_lazy"]["seconds"]), "", "", "", ""),
+        ("5 compose mix of 2 cached (info)", _cell(mx["mix_of_cached_s"]), _cell(mx["from_z_s"]) + " from z",
+         f"{ratios['mixture']:.2f}x", "", ""),
+    ]
+    return rows, {"ratios": ratios, "met": met}
+
+
+def print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for j, row in enumerate(rows):
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
+        if j == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def main(repeats: int = 5, quick: bool = False, json_path: str | None = None) -> dict:
+    from transformer_squared import load_svf
+
+    os.environ.setdefault("T2_CACHE", str(Path(tempfile.gettempdir()) / "t2bench"))
+    cache_dir = str(Path(os.environ["T2_CACHE"]) / "svd")
+    n_fast = 40 if quick else 200
+    new_tokens = 16 if quick else 64
+    info = machine_info()
+    print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+
+    t = time.perf_counter()
+    svf = load_svf("default", cache_dir=cache_dir, progress=False)  # first run converts the GGUF and decomposes
+    print(f"loaded the default model + decomposition in {time.perf_counter() - t:.1f}s "
+          f"({len(svf.names)} matrices, factors {svf.decomposition.nbytes() / 2**20:.0f} MiB)", flush=True)
+    A, B = _expert(svf, random_z(svf, 1)), _expert(svf, random_z(svf, 2))
+    ref = ReferenceSwitch(svf)
+
+    results = {"machine": info, "command": " ".join(["python", *sys.argv]), "repeats": repeats, "quick": quick}
+    stage = lambda name: print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)  # noqa: E731
+    stage("1 switch")
+    results["switch"] = bench_switch(svf, ref, A, B, n_fast, repeats)
+    stage("2 compose")
+    results["compose"] = bench_compose(svf, ref, repeats, seed0=100)
+    stage("5 mixture")
+    results["mixture"] = bench_mixture(svf, A, B, repeats)
+    stage("3 decode")
+    results["decode"] = bench_decode(svf, A, max(2, repeats // 2 + 1) if not quick else 1, new_tokens)
+    del ref, svf
+    gc.collect()
+    stage("4 svd (one process per measurement)")
+    results["svd"] = bench_svd(cache_dir, n_cached=repeats, n_recompute=1 if quick else 2)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+
+    rows, verdict = table(results)
+    results.update(verdict)
+    print()
+    print_table(rows)
+    print(f"\nload average start {info['loadavg_start']}, end {results['machine']['loadavg_end']}; "
+          f"switch max|W_ref - W_ours| = {results['switch']['max_abs_diff_vs_reference']:.2e}; "
+          f"mixture max|diff| = {results['mixture']['max_abs_diff']:.2e}; "
+          f"expert changed {results['decode']['completions_changed_by_expert']}/{results['decode']['prompts']} completions; "
+          f"svd RSS deltas (anon/file, MiB): cached {results['svd']['cached']['rss_anon_delta'] / 2**20:.0f}/"
+          f"{results['svd']['cached']['rss_file_delta'] / 2**20:.0f}, recompute "
+          f"{results['svd']['recompute']['rss_anon_delta'] / 2**20:.0f}/"
+          f"{results['svd']['recompute']['rss_file_delta'] / 2**20:.0f} ({results['svd']['cached']['method']})")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"wrote {json_path}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of every slow measurement (>= 1)")
+    parser.add_argument("--quick", action="store_true", help="fewer fast repeats, 16 new tokens, one recomputation")
+    parser.add_argument("--json", dest="json_path", help="also write the results (raw samples included) here")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    main(args.repeats, args.quick, args.json_path)

@@ -1,0 +1,1 @@
+"""Training experts: objectives (reinforce, rloo, sft), the loop, the LoRA baseline and evaluation."""

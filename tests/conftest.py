@@ -1,0 +1,115 @@
+"""Shared fixtures: tiny random causal LMs built in-process (no download), and SVF models over them.
+
+Every family is built with the same small shape — 2 layers, hidden 64, 4 heads of 16 (2 KV heads), MLP 128,
+vocab 128 — from its transformers config class, seeded, float32, in eval mode. torch and transformers are
+imported inside the fixtures so that test files which need neither (tasks, CLI help) stay fast to collect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+VOCAB = 128
+SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=128)
+
+
+def _config(arch: str):
+    import transformers as hf
+
+    if arch == "llama":
+        return hf.LlamaForCausalLM, hf.LlamaConfig(**SHAPE)
+    if arch == "qwen2":  # q/k/v carry a bias: exercises SVFLinear's bias path when attention is targeted
+        return hf.Qwen2ForCausalLM, hf.Qwen2Config(**SHAPE)
+    if arch == "mistral":
+        return hf.MistralForCausalLM, hf.MistralConfig(**SHAPE)
+    if arch == "gemma3":  # tied input/output embeddings
+        return hf.Gemma3ForCausalLM, hf.Gemma3TextConfig(**SHAPE)
+    if arch == "gemma3n":
+        # The defaults describe E2B/E4B (35 layers, 15 of them sharing KV, AltUp over 4 streams, sparse first
+        # layers); these are the smallest values that still construct and run a forward pass.
+        return hf.Gemma3nForCausalLM, hf.Gemma3nTextConfig(
+            **SHAPE, vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"], num_kv_shared_layers=0, laurel_rank=4,
+            altup_num_inputs=2, activation_sparsity_pattern=[0.0, 0.0])
+    raise ValueError(f"no tiny config for {arch!r}")
+
+
+ARCHS = ["llama", "qwen2", "mistral", "gemma3", "gemma3n"]
+
+
+def build_tiny_model(arch: str = "llama", seed: int = 0):
+    """A freshly initialised 2-layer model of `arch` (same seed → same weights), float32, eval mode."""
+    import torch
+
+    model_cls, config = _config(arch)
+    torch.manual_seed(seed)
+    return model_cls(config).float().eval()
+
+
+@pytest.fixture
+def tiny_model():
+    """Factory: tiny_model(arch="llama", seed=0) -> a fresh tiny causal LM."""
+    return build_tiny_model
+
+
+@pytest.fixture
+def svd_cache(tmp_path) -> Path:
+    return tmp_path / "svd"
+
+
+@pytest.fixture
+def make_svf(svd_cache):
+    """Factory: make_svf(model, targets="mlp", cache_bytes=...) -> SVFModel with its SVD cached under tmp."""
+    from transformer_squared.svd import decompose
+    from transformer_squared.svf import SVFModel
+
+    def make(model, targets: str = "mlp", **kwargs):
+        decomposition = decompose(model, targets, cache_dir=svd_cache, progress=False)
+        return SVFModel(model, decomposition, model_id="tiny", targets=targets, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def svf(tiny_model, make_svf):
+    """A tiny Llama wrapped as an SVFModel over its MLP matrices (the paper's default targets)."""
+    return make_svf(tiny_model("llama"))
+
+
+@pytest.fixture
+def input_ids():
+    """(B, T) = (2, 9) random token ids, fixed."""
+    import torch
+
+    return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+
+
+def logits_of(model, input_ids):
+    """(B, T, vocab) float32 logits without autograd."""
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids).logits
+
+
+@pytest.fixture
+def logits():
+    """logits(model, input_ids) -> (B, T, vocab)."""
+    return logits_of
+
+
+def noisy_z(svf, scale: float = 0.1, seed: int = 0, parametrization: str = "paper"):
+    """The identity z plus Gaussian noise of std `scale`: an expert that visibly changes the model."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {n: z + scale * torch.randn(z.shape, generator=g) for n, z in svf.init_z(parametrization).items()}
+
+
+@pytest.fixture
+def random_z():
+    """random_z(svf, scale=0.1, seed=0, parametrization="paper") -> {matrix: z}."""
+    return noisy_z
