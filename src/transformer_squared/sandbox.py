@@ -1,7 +1,7 @@
 """Run untrusted, model-generated Python (e.g. an MBPP candidate plus its asserts) in a separate, limited process.
 
-`run_python` starts `sys.executable -I sandbox.py <config>`: this file, run as a small bootstrap script rather than
-a `preexec_fn` (unsafe in a process with threads, as torch's are, and it could not wait for the program anyway).
+`run_python` starts `sys.executable -I` on this file, run as a small bootstrap script rather than a `preexec_fn`
+(unsafe in a process with threads, as torch's are, and it could not stay to wait for the program anyway).
 The bootstrap isolates what it can, forks an init, and the init forks and execs the program
 (`python -I -B main.py` in a throw-away directory), waits for it and reports its exit status.
 
@@ -18,15 +18,19 @@ On Linux, each of these where the kernel permits it (`_run` reports which took e
 - net, ipc: new network namespace (only a down loopback: no network at all) and IPC namespace.
 - pid, proc: new PID namespace with a fresh /proc: the program sees and can signal only its own processes, and
   when it exits (or the init is killed), the kernel kills everything left in it, setsid() or not. Without one,
-  the init is a child subreaper and kills every descendant after the program exits ("reaper").
-- mount, tmp, readonly: new mount namespace: the whole filesystem read-only except fresh size-limited tmpfs on
-  /tmp (holding the workdir) and /dev/shm; the caller's home and /run (sockets of D-Bus, Docker...) hidden under
-  empty tmpfs; the interpreter's tree bound back read-only where hiding took it away (e.g. pyenv in /root).
+  the init is a child subreaper and kills every descendant after the program exits ("reaper"; not proof
+  against a program running as the caller's uid, which may kill the init first).
+- mount, tmp, readonly: new mount namespace: the whole filesystem read-only (mount_setattr, Linux >= 5.12)
+  except fresh size-limited tmpfs on /tmp (holding the workdir) and /dev/shm; the caller's home and /run (with
+  the sockets of D-Bus, Docker...) hidden under empty tmpfs; the interpreter's tree bound back read-only where
+  hiding took it away (e.g. pyenv in /root).
 Not provided: a seccomp filter; hiding world-readable files (/etc, /usr, a world-readable project tree...); a
 limit on total CPU of all processes (the wall clock bounds it); a quota beyond the tmpfs sizes. Without
 namespaces (non-Linux; a container or kernel that forbids them) the program keeps the caller's network and
 filesystem and, when not root, its uid (so it may signal or read what the caller can); as root, the interpreter
 must then be reachable by any uid. On Windows only the timeout and the minimal environment remain.
+A sandbox that cannot start the program at all (e.g. an unreadable interpreter) raises RuntimeError rather than
+returning a failed result, so a broken setup never passes for 0 rewards.
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ def _read_report(fd: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ bootstrap (child side)
-# Everything below runs in the sandbox's own processes, started as `python -I sandbox.py <config>`.
+# Everything below runs in the sandbox's own processes: this file run as a script, with the config from _run.
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 1 << 28, 1 << 29, 1 << 30
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32

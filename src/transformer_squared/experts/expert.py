@@ -159,6 +159,8 @@ class Expert:
             raw = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ExpertError(f"{meta_path} is corrupt ({e}); re-create the expert") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("schema_version", 0), int):
+            raise ExpertError(f"{meta_path} is corrupt (not an expert.json object); re-create the expert")
         if raw.get("schema_version", 0) > SCHEMA_VERSION:
             raise ExpertError(f"{folder} uses schema {raw['schema_version']}; upgrade transformer-squared")
         known = ExpertMeta.__dataclass_fields__

@@ -33,7 +33,7 @@ class ExpertLibrary:
         return sorted(p.name for p in self.root.iterdir() if (p / "expert.json").is_file() and not p.name.startswith("."))
 
     def __contains__(self, name: str) -> bool:
-        return (self.root / name / "expert.json").is_file()
+        return NAME.match(name or "") is not None and (self.root / name / "expert.json").is_file()
 
     def __len__(self) -> int:
         return len(self.names())
@@ -45,7 +45,7 @@ class ExpertLibrary:
             raise ExpertError(f"no expert {name!r} in {self.root} (have: {', '.join(self.names()) or 'none'})")
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ExpertError(f"{path} is corrupt ({e}); re-create the expert") from None
 
     def get(self, name_or_path: str | os.PathLike) -> Expert:

@@ -53,16 +53,16 @@ def policy_loss(token_logp: torch.Tensor, mask: torch.Tensor, advantage: torch.T
                 base_logp: torch.Tensor | None = None):
     """−mean(Aᵢ ℓᵢ) + λ KL. token_logp: (n, C) with grad; mask: (n, C); advantage: (n,); base_logp: (n, C) or None."""
     pg = -(advantage.detach() * sequence_mean(token_logp, mask)).mean()
-    metrics = {"pg_loss": float(pg)}
+    metrics = {"pg_loss": pg.item()}
     loss = pg
     if kl_coef > 0 and base_logp is not None:
         kl = kl_k3(token_logp, base_logp, mask)
         loss = loss + kl_coef * kl
-        metrics["kl"] = float(kl)
+        metrics["kl"] = kl.item()
     return loss, metrics
 
 
 def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor):
     """Token-mean negative log-likelihood. token_logp, mask: (n, C)."""
     nll = -(token_logp * mask).sum() / mask.sum().clamp(min=1)
-    return nll, {"nll": float(nll)}
+    return nll, {"nll": nll.item()}

@@ -1,12 +1,17 @@
 """Rollouts and log-probabilities.
 
 A rollout batch keeps the layout `generate` produces: [left-padded prompt | completion, right-padded], so every
-completion starts at the same column P. Log-probs are then one forward pass over that tensor, and the LM head
-runs only on the completion columns (``logits_to_keep``), never on the prompt.
+completion starts at the same column P, and the LM head runs only on the completion columns.
+
+Groups share their prompt. With K samples per prompt, the prompt is run once per group — in sampling and in the
+log-prob forward (with gradient) alike — and its key/value cache is repeated K times before the completions are
+run on top of it. This is exact (the same computation, de-duplicated) and removes (K−1)/K of the prompt work,
+which is most of the work for short answers: SmolLM2's chat template alone adds ~30 prompt tokens.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -21,17 +26,19 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, C) 1 on completion tokens up to and including eos
     prompt_len: int  # P
     completions: list[str]
+    group_size: int = 1  # K: rows i*K .. i*K+K-1 share one prompt
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def rows(self, sl: slice) -> "Rollout":
         return Rollout(self.input_ids[sl], self.attention_mask[sl], self.completion_mask[sl], self.prompt_len,
-                       self.completions[sl])
+                       self.completions[sl], self.group_size)
 
     def chunks(self, max_tokens: int = 8192) -> list[slice]:
-        """Row slices of about `max_tokens` tokens each (bounds the (n, C, vocab) logits in memory)."""
-        step = max(1, max_tokens // self.input_ids.shape[1])
+        """Row slices of about `max_tokens` tokens each, whole groups only (bounds the logits in memory)."""
+        K = self.group_size
+        step = max(1, max_tokens // (self.input_ids.shape[1] * K)) * K
         return [slice(i, i + step) for i in range(0, len(self), step)]
 
 
@@ -44,22 +51,45 @@ def _completion_mask(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
     return (~after_eos).float()
 
 
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+
+
+def _cache_kw(model) -> str:
+    """transformers 5 renamed `past_key_values` to `cache`; accept both."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
+    """Run the prompt once per group; returns (cache repeated K times, logits of the last prompt position)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(repeats)
+    return cache, out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (N, V)
+
+
 @torch.no_grad()
-def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 1.0,
+def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 1.0, group_size: int = 1,
            system: str | None = None) -> Rollout:
-    """Sample one completion per prompt (repeat prompts for groups). temperature 0 = greedy."""
+    """`group_size` completions for each prompt, rows grouped by prompt. temperature 0 = greedy."""
     texts = [chat_text(tokenizer, p, system) for p in prompts]
     batch = encode(tokenizer, texts)
+    ids, mask, K = batch["input_ids"], batch["attention_mask"], group_size
+    kwargs = {}
+    if K > 1 and ids.shape[1] > 1:  # prefill all but the last prompt token once per group; generate does the rest
+        kwargs[_cache_kw(model)], _ = _prefill(model, ids[:, :-1], mask[:, :-1], K)
+    ids, mask = ids.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0)
     greedy = temperature <= 0
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=not greedy,
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
                          temperature=None if greedy else temperature, top_p=None, top_k=None,
-                         pad_token_id=tokenizer.pad_token_id)
-    P = batch["input_ids"].shape[1]
+                         pad_token_id=tokenizer.pad_token_id, **kwargs)
+    P = ids.shape[1]
     new = out[:, P:]  # (N, C)
     cmask = _completion_mask(new, tokenizer.eos_token_id)
-    attention = torch.cat([batch["attention_mask"], cmask.long()], dim=1)
+    attention = torch.cat([mask, cmask.long()], dim=1)
     completions = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(new, cmask)]
-    return Rollout(out, attention, cmask, P, completions)
+    return Rollout(out, attention, cmask, P, completions, K)
 
 
 def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str | None = None) -> Rollout:
@@ -78,10 +108,17 @@ def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str
 
 def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     """log π(token | prefix) for every completion token: (N, C), zero where completion_mask is 0."""
-    P, C = rollout.prompt_len, rollout.completion_mask.shape[1]
-    position_ids = (rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-    logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask, position_ids=position_ids,
-                   logits_to_keep=C + 1, use_cache=False).logits[:, :-1]  # (N, C, V): predicts columns P..P+C-1
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
     target = rollout.input_ids[:, P:]  # (N, C)
+    if K == 1:
+        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                       position_ids=_positions(rollout.attention_mask), logits_to_keep=C + 1,
+                       use_cache=False).logits[:, :-1]  # (N, C, V): predicts columns P..P+C-1
+    else:
+        cache, first = _prefill(model, rollout.input_ids[::K, :P], rollout.attention_mask[::K, :P], K)
+        rest = model(input_ids=target, attention_mask=rollout.attention_mask,
+                     position_ids=_positions(rollout.attention_mask)[:, P:], use_cache=True,
+                     **{_cache_kw(model): cache}).logits[:, :-1]  # (N, C-1, V)
+        logits = torch.cat([first.unsqueeze(1), rest], dim=1)  # (N, C, V)
+    logp = torch.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask

@@ -185,7 +185,7 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer) -> dic
     else:
         rows = [e for e in batch for _ in range(cfg.group_size)]
         with policy.sampling():
-            rollout = sample(model, tokenizer, [e["prompt"] for e in rows], max_new, cfg.temperature)
+            rollout = sample(model, tokenizer, prompts, max_new, cfg.temperature, cfg.group_size)
         columns = {k: [e.get(k) for e in rows] for k in rows[0] if k != "prompt"}
         scores = torch.tensor(task.reward([e["prompt"] for e in rows], rollout.completions, **columns),
                               dtype=torch.float32)
