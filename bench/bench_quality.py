@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--n-test", type=int, default=300)
     ap.add_argument("--valid-n", type=int, default=100)
+    ap.add_argument("--valid-every", type=int, default=10)
     ap.add_argument("--workdir", default="bench_runs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -62,7 +63,7 @@ def main() -> None:
                               out=str(out), run_dir=str(work / "runs" / method / task_name), method=method,
                               objective=args.objective, steps=args.steps, batch_size=args.batch_size,
                               group_size=args.group_size, lr=LR[method], temperature=args.temperature,
-                              max_new_tokens=MAX_NEW[task_name], valid_n=args.valid_n, valid_every=10, save_every=5)
+                              max_new_tokens=MAX_NEW[task_name], valid_n=args.valid_n, valid_every=args.valid_every, save_every=5)
             resume = (Path(cfg.run_dir) / "checkpoint.pt").exists()
             t0 = time.perf_counter()
             result = train_expert(cfg, resume=resume)

@@ -135,9 +135,6 @@ class SVFModel:
     def init_z(self, parametrization: str = "paper") -> dict[str, torch.Tensor]:
         return {n: init_z(self.decomposition.rank(n), parametrization) for n in self.names}
 
-    def sigma(self, name: str, z: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0) -> torch.Tensor:
-        return sigma(z, self.decomposition.factors(name)[1], parametrization, max_mult)
-
     def num_z(self) -> int:
         return sum(self.decomposition.rank(n) for n in self.names)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,33 +18,33 @@ METHODS = ("svf", "lora")
 class TrainConfig:
     task: str = "arithmetic"  # registry name (arithmetic, gsm8k, arc, mbpp, humaneval, math) or dotted path
     data: str | None = None  # dataset path (a folder or file in the upstream format)
-    model: str = "default"  # see models.load_model
+    model: str = "default"  # 'default', 'gemma3-270m', a .gguf file, a folder or a hub id
     out: str = ""  # expert folder to write (the trained expert lands here, library-style)
-    run_dir: str | None = None  # checkpoints, metrics.jsonl, plot.png (default: runs/<expert name>)
+    run_dir: str | None = None  # checkpoints, metrics.jsonl, plot.png; None means runs/<expert name>
     method: str = "svf"  # svf | lora
     objective: str = "rloo"  # reinforce (paper) | rloo | sft
     targets: str = "mlp"  # SVF: matrices to adapt
     parametrization: str = "paper"  # SVF: paper | reference
-    steps: int = 60
+    steps: int = 60  # optimisation steps
     batch_size: int = 8  # prompts per step
     group_size: int = 4  # samples per prompt (rloo needs >= 2)
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    lr: float = 2e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
     kl_coef: float = 0.0  # λ: KL penalty to the base model (paper: reinforce with KL)
     temperature: float = 1.0  # rollout sampling temperature
     max_new_tokens: int = 0  # 0 = the task's default
-    valid_every: int = 10
-    valid_n: int = 100
-    save_every: int = 10
-    seed: int = 0
+    valid_every: int = 10  # validate (greedy) every N steps; the best expert on valid is kept
+    valid_n: int = 100  # validation examples
+    save_every: int = 10  # checkpoint every N steps (a crash loses at most this many)
+    seed: int = 0  # batches and samples of step s are seeded from (seed, s)
     domain: str = ""  # label for self-adaptation (default: the task's domain)
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    tensorboard: bool = False
-    overwrite: bool = False
+    lora_rank: int = 16  # LoRA baseline (the paper: r 16, alpha 32, dropout 0.05 on q/v)
+    lora_alpha: int = 32  # LoRA scaling
+    lora_dropout: float = 0.05  # LoRA dropout
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # LoRA modules
+    tensorboard: bool = False  # also log to <run_dir>/tb (needs tensorboard)
+    overwrite: bool = False  # replace an existing --out
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -70,19 +72,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def field_help(cls) -> dict[str, str]:
+    """The comment after each field in the class source: the one place a field is documented."""
+    source = inspect.getsource(cls)
+    return dict(re.findall(r"^\s+(\w+): [^=\n]+=[^\n#]*#\s*(.+)$", source, flags=re.MULTILINE))
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls=TrainConfig, skip: tuple[str, ...] = ()) -> None:
     """One flag per field (`--group-size`), default None so that YAML values are only overridden when given."""
+    helps = field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{helps.get(f.name, '')} (default: {default})".strip()
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=None)
+            parser.add_argument(flag, action="store_true", default=None, help=text)
         elif str(f.type).startswith("list"):
-            parser.add_argument(flag, nargs="+", default=None)
+            parser.add_argument(flag, nargs="+", default=None, help=text)
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=None)
+            parser.add_argument(flag, type=kind, default=None, help=text)
 
 
 def config_from_args(args: argparse.Namespace, cls=TrainConfig):
@@ -99,6 +110,14 @@ def config_from_args(args: argparse.Namespace, cls=TrainConfig):
         unknown = sorted(set(loaded) - known)
         if unknown:
             raise ValueError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        for name, value in loaded.items():  # YAML reads `1e-3` as a string: convert to the field's type
+            kind = {"int": int, "float": float}.get(types[name])
+            if kind is not None and value is not None and not isinstance(value, bool):
+                try:
+                    loaded[name] = kind(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"--config {path}: {name} must be a number, got {value!r}") from None
         values.update(loaded)
     for f in dataclasses.fields(cls):
         v = getattr(args, f.name, None)

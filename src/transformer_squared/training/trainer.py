@@ -122,7 +122,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    history = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = _read_metrics(metrics_path) if metrics_path.exists() else []
     history = [h for h in history if h["step"] <= start] if resume else []  # drop what the checkpoint did not keep
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     log = metrics_path.open("a")
@@ -170,6 +170,17 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         policy.close()
     plot_metrics(metrics_path, run_dir / "plot.png")
     return TrainResult(Path(cfg.out), best, best_step, cfg.steps, num, time.perf_counter() - t0)
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl, skipping a last line cut short by a crash."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
 
 
 def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer) -> dict:
@@ -237,7 +248,7 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
     except ImportError:
         print("note: pip install matplotlib for the training plot", flush=True)
         return None
-    rows = [json.loads(x) for x in metrics_path.read_text().splitlines()]
+    rows = _read_metrics(metrics_path)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))
