@@ -233,6 +233,22 @@ def test_expert_for_other_weights_is_refused(tiny_model, make_svf, random_z, inp
     assert torch.equal(logits(other, input_ids), before)
     made_for.apply(expert)  # ...while the model it was made for takes it
     assert made_for.active == expert.key
+    # a passed check is remembered per decomposition; it must not let the expert into the other model afterwards
+    with pytest.raises(ExpertError, match="made for other weights"):
+        svf.apply(expert)
+    assert svf.active is None
+
+
+def test_passed_check_is_remembered_only_for_its_decomposition(svf, random_z, monkeypatch):
+    expert = Expert.for_model(svf, random_z(svf))
+    svf.apply(expert)
+    calls = []
+    monkeypatch.setattr(Expert, "validate", lambda self: calls.append(1))
+    svf.apply(expert)  # switching back: no second validation
+    assert calls == []
+    expert._compatible_with = "another decomposition"
+    svf.apply(expert)
+    assert calls == [1]
 
 
 def test_expert_for_other_targets_is_refused(tiny_model, make_svf, svd_cache):

@@ -57,6 +57,7 @@ class Expert:
         self.meta = meta
         self.components = components  # [(Expert, alpha)] when this is a mixture, for exact cached mixing
         self._key = None
+        self._compatible_with: str | None = None  # decomposition fingerprint this expert last passed checks for
 
     name = property(lambda self: self.meta.name)
     parametrization = property(lambda self: self.meta.parametrization)
@@ -86,7 +87,12 @@ class Expert:
                 raise ExpertError(f"expert {self.name!r}: z for {n} has non-finite values; retrain or re-create it")
 
     def check_compatible(self, svf) -> None:
-        """Refuse (ExpertError) unless this expert was made for exactly these weights."""
+        """Refuse (ExpertError) unless this expert was made for exactly these weights.
+
+        z is immutable, so a check that passed for one decomposition is remembered: switching back to an expert
+        costs a pointer swap, not 90 finiteness checks."""
+        if self._compatible_with == svf.decomposition.fingerprint:
+            return
         self.validate()
         missing = sorted(set(self.z) - set(svf.names))
         if missing or set(self.z) != set(svf.names):
@@ -105,6 +111,7 @@ class Expert:
             r = svf.decomposition.rank(n)
             if t.shape[0] != r:
                 raise ExpertError(f"expert {self.name!r}: z for {n} has {t.shape[0]} values, the matrix has rank {r}")
+        self._compatible_with = svf.decomposition.fingerprint
 
     # -- disk ------------------------------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, overwrite: bool = False) -> Path:
