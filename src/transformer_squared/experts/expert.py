@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_folder
 from ..svd import combine_fingerprints
 from ..svf import PARAMETRIZATIONS
 
@@ -122,9 +121,7 @@ class Expert:
         folder = Path(folder)
         if folder.exists() and not overwrite:
             raise ExpertError(f"{folder} already exists; pass --overwrite or choose another name")
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp"))
-        try:
+        with atomic_folder(folder) as tmp:
             save_file(self.z, str(tmp / "z.safetensors"), metadata={"schema_version": str(SCHEMA_VERSION)})
             meta = asdict(self.meta)
             meta["name"] = self.meta.name or folder.name
@@ -132,16 +129,6 @@ class Expert:
             meta["num_params"] = self.num_params()
             meta["matrices"] = sorted(self.z)
             (tmp / "expert.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old{os.getpid()}"
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         self.meta.name = self.meta.name or folder.name
         return folder
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_file
 from ..generation import GenerationConfig, generate
 
 DEFAULT_MAX_NEW_TOKENS = {"arithmetic": 16, "arc": 16, "arc_challenge": 16, "gsm8k": 256, "math": 384,
@@ -89,8 +89,6 @@ def write_results(result: EvalResult, out: str | os.PathLike, label: str) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     for path, text in ((out / f"{label}.json", json.dumps(result.to_dict(), indent=2) + "\n"),
                        (out / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in result.records))):
-        fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
     return out / f"{label}.json"

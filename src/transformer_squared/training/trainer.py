@@ -11,10 +11,7 @@ resumed with `--resume` loses at most one interval and continues the same sequen
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_file, atomic_folder
 from ..tasks import get_task
 from .config import TrainConfig
 from .evaluate import default_max_new_tokens, evaluate
@@ -37,17 +35,6 @@ class TrainResult:
     steps: int
     num_trainable: int
     seconds: float
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _build_policy(cfg: TrainConfig):
@@ -76,16 +63,9 @@ def _save_artifact(cfg: TrainConfig, policy, handle, task, metrics: dict) -> Non
                                   created_by={"method": "train", "config": cfg.to_dict()}, metrics=metrics)
         expert.save(out, overwrite=True)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
-    try:
+    with atomic_folder(out) as tmp:
         policy.save(tmp)
         (tmp / "t2_train.json").write_text(json.dumps({"config": cfg.to_dict(), "metrics": metrics}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_out(cfg: TrainConfig, resume: bool) -> None:
@@ -159,9 +139,10 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
                         writer.add_scalar(k, v, step + 1)
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward", "nll", "valid_accuracy") if k in record})
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                _atomic_torch_save({"config": cfg.to_dict(), "policy": policy.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "step": step + 1, "best_valid": best,
-                                    "best_step": best_step}, ckpt_path)
+                with atomic_file(ckpt_path) as tmp:
+                    torch.save({"config": cfg.to_dict(), "policy": policy.state_dict(),
+                                "optimizer": optimizer.state_dict(), "step": step + 1, "best_valid": best,
+                                "best_step": best_step}, tmp)
     finally:
         log.close()
         if writer is not None:
@@ -262,9 +243,7 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
