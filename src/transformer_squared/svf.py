@@ -193,6 +193,10 @@ class SVFModel:
         expert.check_compatible(self)
         self._write(expert.key, self.compose(expert, cache=cache))
 
+    def cached(self, expert) -> bool:
+        """Whether applying `expert` is a pointer swap (its merged weights are cached; None is the base)."""
+        return expert is None or expert.key in self._cache
+
     def remove(self) -> None:
         """Put the base weights back, bit-exactly."""
         self._write(None, self.base_weights)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import core, train
+from . import core, serve, train
 
-VERB_MODULES = [core, train]
+VERB_MODULES = [core, train, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,80 @@
+"""`t2 serve`: the OpenAI-compatible server (see transformer_squared.serve)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+from .core import add_library_arg, add_model_args
+
+SERVE_EXTRA = "t2 serve needs the serve extra: pip install 'transformer-squared[serve]'"
+LOOPBACK = ("localhost",)
+
+
+def register(sub) -> None:
+    from ..serve.config import ServeLimits  # no heavy imports: `t2 -h` stays instant
+
+    defaults = ServeLimits()
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server: base model, experts, mixtures and 'auto'",
+                       description="Serves /v1/models, /v1/chat/completions, /v1/completions, /v1/experts and "
+                                   "/health. Binds 127.0.0.1 unless --host says otherwise.")
+    add_model_args(p)
+    add_library_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("T2_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $T2_API_KEY, else none)")
+    p.add_argument("--strategy", default="embedding",
+                   help="self-adaptation strategy for model 'auto': prompt, classifier, embedding (default), or none")
+    p.add_argument("--batching", default="auto", choices=["auto", "rows", "groups"],
+                   help="mixed-expert batches: per-row z in one pass (rows), one merged batch per expert (groups), "
+                        "or pick per batch from costs measured at start-up (auto, default)")
+    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    p.add_argument("--max-queue", type=int, default=defaults.max_queue, help="queued requests beyond that get 429")
+    p.add_argument("--max-prompt-tokens", type=int, default=defaults.max_prompt_tokens)
+    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+                   help="the most tokens a request may ask for (and the default for chat)")
+    p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
+                   help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=serve_cmd)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in LOOPBACK
+
+
+def serve_cmd(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError:
+        print(SERVE_EXTRA, file=sys.stderr)
+        return 2
+    from ..serve.app import create_app
+    from ..serve.config import ServeLimits
+    from ..svf import load_svf
+
+    limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
+                         shutdown_timeout_s=args.shutdown_timeout)
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, not {args.port}")
+    if not _is_loopback(args.host) and not args.api_key:
+        print(f"t2 serve: warning: listening on {args.host} without --api-key: anyone who can reach it can use "
+              "the model and add or remove experts", file=sys.stderr)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir)
+    strategy = None if args.strategy in ("none", "") else args.strategy
+    app = create_app(svf, args.library, strategy=strategy, api_key=args.api_key, limits=limits,
+                     batching=args.batching)
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=int(args.shutdown_timeout) or None,
+                log_level="info")
+    return 0

@@ -1,0 +1,309 @@
+"""The HTTP front end: an OpenAI-compatible FastAPI app over the engine.
+
+    GET    /health                  liveness, queue depth, batching costs (no API key needed)
+    GET    /v1/models[/{id}]        the base model, every expert of the library, and "auto"
+    POST   /v1/chat/completions     chat template applied; stream=True gives server-sent events
+    POST   /v1/completions          raw text prompt
+    POST   /v1/experts              {"name", "path"?, "overwrite"?}: add an expert while serving
+    DELETE /v1/experts/{name}       remove it from the library
+
+`model` picks the weights: the base model's id (or "base"), an expert's name, "auto" (two-pass self-adaptation
+with the strategy chosen at start-up), or, with a "mixture" body field, a mixture of experts. With an API key set,
+every /v1 route needs `Authorization: Bearer KEY` (401 otherwise). Errors use OpenAI's format; malformed JSON is
+400, a body that does not match the schema 422, an unknown model 404, a full queue 429, shutting down 503.
+Handlers only validate, tokenize and wait: the engine's worker thread does all the model work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hmac
+import json
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..experts import ExpertError, ExpertLibrary
+from ..generation import chat_text
+from . import schemas
+from .config import ServeLimits
+from .engine import Busy, Closed, Engine
+from .engine import Request as Job
+from .registry import ExpertRegistry, UnknownExpert
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(schemas.error_body(self.message, self.type, self.param, self.code), status_code=self.status)
+
+
+def _error_type(status: int) -> str:
+    return {401: "authentication_error", 429: "rate_limit_error"}.get(status, "server_error" if status >= 500
+                                                                     else "invalid_request_error")
+
+
+def _strategy_builder(strategy, svf, library, options: dict):
+    """None, a Strategy (used as is), or a name for adapt.build_strategy (rebuilt when the experts change)."""
+    if strategy is None or not isinstance(strategy, str):
+        return strategy
+
+    def build():
+        try:
+            from ..adapt import build_strategy
+        except ImportError as e:
+            raise RuntimeError(f"strategy {strategy!r} needs transformer_squared.adapt.build_strategy ({e})") from None
+        return build_strategy(strategy, svf, library, **options)
+
+    return build
+
+
+def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None, strategy_options: dict | None = None,
+               api_key: str | None = None, limits: ServeLimits | None = None, batching: str = "auto",
+               costs=None) -> FastAPI:
+    """An app serving `svf` with the experts of `library`. The engine starts with the app (lifespan)."""
+    limits = limits or ServeLimits()
+    library = library if isinstance(library, ExpertLibrary) else ExpertLibrary(library)
+    registry = ExpertRegistry(svf, library)
+    engine = Engine(svf, registry, _strategy_builder(strategy, svf, library, strategy_options or {}),
+                    limits.max_batch_size, limits.max_queue, batching, costs, limits.batch_window_s)
+    tokenizer = copy.deepcopy(svf.tokenizer)  # this copy is used on the event loop only; the engine has its own
+    base_ids = {svf.model_id, "base"}
+    context = getattr(svf.model.config, "max_position_embeddings", None) or 1 << 30
+    strategy_name = strategy if isinstance(strategy, str) else getattr(strategy, "name", None)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        await asyncio.to_thread(engine.ready.wait)
+        yield
+        await asyncio.to_thread(engine.close, True, limits.shutdown_timeout_s)
+
+    app = FastAPI(title="t2 serve", lifespan=lifespan)
+    app.state.engine, app.state.registry = engine, registry
+
+    # -- errors and auth ------------------------------------------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return e.response()
+
+    @app.exception_handler(UnknownExpert)
+    async def _unknown(request, e: UnknownExpert):
+        return APIError(404, str(e), "model", "model_not_found").response()
+
+    @app.exception_handler(ExpertError)
+    async def _expert_error(request, e: ExpertError):
+        return APIError(400, str(e), None, "invalid_expert").response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        errors = e.errors()
+        if any(err.get("type") == "json_invalid" for err in errors):
+            return APIError(400, "could not parse the request body as JSON", None, "invalid_json").response()
+        err = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if tuple(err.get("loc", ())) == ("body",):
+            return APIError(400, "the request body must be a JSON object", None, "invalid_json").response()
+        param = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or None
+        return APIError(422, f"{param or 'body'}: {err['msg']}", param, "invalid_value").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e: StarletteHTTPException):
+        return APIError(e.status_code, str(e.detail), type_=_error_type(e.status_code)).response()
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return APIError(401, "invalid or missing API key (send Authorization: Bearer KEY)", None,
+                                "invalid_api_key", "authentication_error").response()
+        return await call_next(request)
+
+    # -- models and experts ---------------------------------------------------------------------------------------
+    def cards() -> list[dict]:
+        registry.rescan()
+        out = [schemas.model_card(svf.model_id, "transformer-squared", started, t2_kind="base")]
+        for name in registry.names():
+            meta = registry.experts[name].meta
+            out.append(schemas.model_card(name, "t2-expert", started, t2_kind="expert", domain=meta.domain,
+                                          description=meta.description, parametrization=meta.parametrization))
+        out.append(schemas.model_card("auto", "transformer-squared", started, t2_kind="auto", strategy=strategy_name,
+                                      available=engine.auto_status() is None, reason=engine.auto_status()))
+        return out
+
+    @app.get("/health")
+    def health():
+        return {"status": "shutting_down" if engine.status()["closing"] else "ok", "model": svf.model_id,
+                "experts": registry.names(), "rejected": registry.rejected, **engine.status()}
+
+    @app.get("/v1/models")
+    def list_models():
+        return {"object": "list", "data": cards()}
+
+    @app.get("/v1/models/{model_id:path}")
+    def get_model(model_id: str):
+        for card in cards():
+            if card["id"] == model_id:
+                return card
+        raise UnknownExpert(model_id, [c["id"] for c in cards()])
+
+    @app.post("/v1/experts", status_code=201)
+    def add_expert(body: schemas.ExpertAdd):
+        expert = registry.add(body.name, body.path, body.overwrite)
+        return schemas.model_card(expert.name, "t2-expert", int(time.time()), t2_kind="expert",
+                                  domain=expert.meta.domain, description=expert.meta.description)
+
+    @app.delete("/v1/experts/{name}")
+    def delete_expert(name: str):
+        registry.remove(name)
+        return {"id": name, "object": "model", "deleted": True}
+
+    # -- completions ----------------------------------------------------------------------------------------------
+    def job(body: schemas.Sampling, ids: list[int], prompt, default_max: int) -> Job:
+        problem = body.unsupported()
+        if problem:
+            raise APIError(400, problem[1], problem[0], "unsupported_parameter")
+        auto, expert = False, None
+        if body.mixture is not None:
+            if body.model not in base_ids | {"mixture"}:
+                raise APIError(400, "a request with \"mixture\" must set model to 'mixture' (or the base model)",
+                               "model", "invalid_value")
+            expert = registry.mixture(body.mixture)
+        elif body.model == "auto":
+            if engine.auto_status() is not None:
+                raise APIError(400, f"model 'auto' is unavailable: {engine.auto_status()}", "model", "auto_unavailable")
+            auto = True
+        elif body.model not in base_ids:
+            expert = registry.get(body.model)
+        if not ids:
+            raise APIError(400, "the prompt is empty", "prompt", "invalid_value")
+        if len(ids) > limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {len(ids)} tokens; this server accepts at most "
+                                f"{limits.max_prompt_tokens} (--max-prompt-tokens)", "messages", "context_length_exceeded")
+        max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if max_tokens is not None and max_tokens > limits.max_tokens:
+            raise APIError(400, f"max_tokens is {max_tokens}; this server allows at most {limits.max_tokens} "
+                                "(--max-tokens)", "max_tokens", "invalid_value")
+        room = context - len(ids)
+        max_tokens = max_tokens or min(default_max, room)
+        if max_tokens > room:
+            raise APIError(400, f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                                f"context of {context} tokens", "max_tokens", "context_length_exceeded")
+        return Job(ids, max_tokens, prompt, auto, expert, body.temperature or 0.0,
+                   1.0 if body.top_p is None else body.top_p, body.seed, body.stop or [])
+
+    async def run(j: Job) -> tuple:
+        """Queue the job; returns the first event ('start'), or raises APIError."""
+        j.bind()
+        try:
+            engine.submit(j)
+        except Busy as e:
+            raise APIError(429, str(e), None, "queue_full", "rate_limit_error") from None
+        except Closed as e:
+            raise APIError(503, str(e), None, "shutting_down", "server_error") from None
+        try:
+            event = await j.events.get()
+        except asyncio.CancelledError:
+            j.cancelled = True  # the client went away while queued
+            raise
+        if event[0] == "error":
+            raise APIError(event[1], event[2], None, event[3], _error_type(event[1]))
+        return event[1]
+
+    async def collect(j: Job) -> tuple[str, dict]:
+        parts = []
+        try:
+            while True:
+                event = await j.events.get()
+                if event[0] == "delta":
+                    parts.append(event[1])
+                elif event[0] == "end":
+                    return "".join(parts), event[1]
+                else:
+                    raise APIError(event[1], event[2], None, event[3], _error_type(event[1]))
+        except asyncio.CancelledError:
+            j.cancelled = True
+            raise
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj)}\n\n"
+
+    async def stream(j: Job, chunk, include_usage: bool):
+        """`chunk(text_or_delta, finish_reason, usage=None, choices=True)` builds one event's object."""
+        done = False
+        try:
+            first = chunk(None, None)  # chat opens with the assistant role; completions have no opening chunk
+            if first is not None:
+                yield sse(first)
+            while True:
+                event = await j.events.get()
+                if event[0] == "delta":
+                    yield sse(chunk(event[1], None))
+                elif event[0] == "end":
+                    end = event[1]
+                    yield sse(chunk("", end["finish_reason"]))
+                    if include_usage:
+                        yield sse(chunk("", None, schemas.usage(end["prompt_tokens"], end["completion_tokens"]), False))
+                    break
+                else:
+                    yield sse(schemas.error_body(event[2], _error_type(event[1]), None, event[3]))
+                    break
+            done = True
+            yield "data: [DONE]\n\n"
+        finally:
+            if not done:
+                j.cancelled = True  # the client went away: free the row
+
+    def include_usage(body) -> bool:
+        return bool(body.stream_options and body.stream_options.include_usage)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: schemas.ChatRequest):
+        messages = [m.as_template_message() for m in body.messages]
+        ids = tokenizer(chat_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        j = job(body, ids, messages, limits.max_tokens)
+        answered_by = await run(j)
+        id_ = schemas.new_id("chatcmpl")
+        if not body.stream:
+            text, end = await collect(j)
+            return schemas.chat_completion(id_, body.model, text, end, answered_by)
+        created = int(time.time())
+
+        def chunk(text, finish, usage=None, choices=True):
+            delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+            return schemas.chat_chunk(id_, body.model, created, delta, finish, answered_by, usage, choices)
+
+        return StreamingResponse(stream(j, chunk, include_usage(body)), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(body: schemas.CompletionRequest):
+        text = body.text()
+        if text is None:
+            raise APIError(400, "prompt must be one string (token ids and several prompts are not supported)",
+                           "prompt", "unsupported_parameter")
+        j = job(body, tokenizer(text)["input_ids"], text, limits.max_tokens)
+        answered_by = await run(j)
+        id_, created = schemas.new_id("cmpl"), int(time.time())
+        if not body.stream:
+            out, end = await collect(j)
+            return schemas.completion(id_, body.model, created, out, end["finish_reason"], answered_by,
+                                      schemas.usage(end["prompt_tokens"], end["completion_tokens"]))
+
+        def chunk(delta, finish, usage=None, choices=True):
+            if delta is None:
+                return None
+            return schemas.completion(id_, body.model, created, delta or "", finish, answered_by, usage, choices)
+
+        return StreamingResponse(stream(j, chunk, include_usage(body)), media_type="text/event-stream")
+
+    return app

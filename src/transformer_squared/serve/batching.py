@@ -1,0 +1,111 @@
+"""What runs a batch whose rows use different experts: one factored pass with per-row σ', or one merged batch per
+expert — picked per batch from costs measured on this machine at start-up.
+
+    rows    cost ≈ steps · t_rows(B)                               (svf.factored + row_sigma, see decode.py)
+    groups  cost ≈ Σ_groups [ steps_g · t_merged(B_g) + compose_g ]  (each expert's rows after one another)
+
+t_rows(B) and t_merged(B) are seconds per decode step at batch size B (piecewise linear between the measured
+sizes); compose_g is the time to compose an expert's merged weights when they are not cached (0 when cached, or
+for the base). A batch on one expert is the one-group case, so a single uncached expert with few tokens to decode
+can still go to `rows`, which needs no compose (see Planner for how the compose is then amortized). `steps` is the largest token budget in the batch (an upper bound:
+eos usually comes sooner), and prefill cost is left out of the model.
+
+Measured on SmolLM2-135M (2-core CPU, 1 torch thread; the benchmark in BENCHMARKS.md has the full numbers): a
+merged step costs 91 ms at B=1 and 171 ms at B=8, a factored step 112 ms and 196 ms; composing an uncached expert
+costs ~2 s. So a mixed batch of 8 over 4 experts costs ~196 ms a step as rows against ~4 × 130 ms as groups:
+`rows` wins every mixed batch there, and `groups` only wins where the factored overhead is larger (bigger matrices
+relative to the batch, e.g. a GPU at small batch).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from .decode import Row, decode_batch
+
+BATCHING = ("auto", "rows", "groups")
+
+
+@dataclass
+class Costs:
+    """Seconds per decode step by batch size for each mode, and seconds to compose one uncached expert."""
+
+    merged: dict[int, float] = field(default_factory=dict)
+    rows: dict[int, float] = field(default_factory=dict)
+    compose: float = 0.0
+
+    def step(self, mode: str, batch_size: int) -> float:
+        table = sorted((self.merged if mode == "merged" else self.rows).items())
+        if not table:
+            raise ValueError(f"no measured step cost for mode {mode!r}")
+        if len(table) == 1:
+            return table[0][1] * batch_size / table[0][0]
+        for (b0, t0), (b1, t1) in itertools.pairwise(table):
+            if batch_size <= b1 or (b1, t1) == table[-1]:
+                return t0 + (t1 - t0) * (batch_size - b0) / (b1 - b0)  # interpolates inside, extrapolates outside
+        raise AssertionError("unreachable")
+
+    def as_dict(self) -> dict:
+        ms = lambda t: {str(b): round(v * 1000, 1) for b, v in sorted(t.items())}
+        return {"merged_step_ms": ms(self.merged), "rows_step_ms": ms(self.rows),
+                "compose_ms": round(self.compose * 1000, 1)}
+
+
+class Planner:
+    """Picks, per batch, `rows` or `groups` (see the module docstring); remembers what it paid per expert.
+
+    Merging an expert is a one-off cost that later batches reuse, so charging the full compose to the first batch
+    that could use it would keep a popular expert in `rows` forever. As in ski rental, every batch on an uncached
+    expert that runs as `rows` adds the extra it paid (its rows cost minus its merged cost) to that expert's
+    account, and the compose is charged only what is not yet paid: once the account reaches the compose cost, the
+    expert gets merged. At most twice the cost of the best choice in hindsight, and no guess about the future.
+    """
+
+    def __init__(self, costs: Costs | None, batching: str = "auto"):
+        if batching not in BATCHING:
+            raise ValueError(f"--batching must be one of {', '.join(BATCHING)}, not {batching!r}")
+        self.costs, self.batching = costs, batching
+        self.paid: dict[str, float] = {}  # expert key -> extra seconds paid running it as rows
+
+    def plan(self, rows: list[Row], cached) -> list[tuple[str, list[Row]]]:
+        """[(mode, rows)] to decode one after another. `cached(expert)` says whether its merged weights are cached."""
+        groups: dict[str | None, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(row.key, []).append(row)
+        by_group = [("merged", g) for g in sorted(groups.values(), key=len, reverse=True)]
+        costs = self.costs
+        if self.batching == "groups" or (self.batching == "auto" and len(groups) == 1 and costs is None):
+            return by_group
+        if self.batching == "rows" or costs is None:
+            return [("rows", rows)]
+        steps = lambda g: max(r.max_tokens for r in g)
+        compose = lambda e: 0.0 if cached(e) else max(0.0, costs.compose - self.paid.get(e.key, 0.0))
+        merged = [steps(g) * costs.step("merged", len(g)) for _, g in by_group]
+        rowwise = steps(rows) * costs.step("rows", len(rows))
+        if rowwise >= sum(merged) + sum(compose(g[0].expert) for _, g in by_group):
+            return by_group
+        if len(by_group) == 1 and rows[0].expert is not None:
+            key = rows[0].key
+            self.paid[key] = self.paid.get(key, 0.0) + max(0.0, rowwise - merged[0])
+        return [("rows", rows)]
+
+
+def measure_costs(svf, max_batch_size: int, pad_id: int, steps: int = 3, repeats: int = 2) -> Costs:
+    """Time decode steps in both modes at batch sizes 1, 2, 4, … up to `max_batch_size` (best of `repeats`), and
+    one compose. Uses an identity expert (costs do not depend on z's values) and a one-token prompt: seconds."""
+    from ..experts import Expert
+
+    probe = Expert.for_model(svf, name="probe")
+    t0 = time.perf_counter()
+    svf.compose(probe, cache=False)
+    costs = Costs(compose=time.perf_counter() - t0)
+    sizes = sorted({min(2**i, max_batch_size) for i in range(max_batch_size.bit_length() + 1)})
+    for size in sizes:
+        for mode, expert, table in (("merged", None, costs.merged), ("rows", probe, costs.rows)):
+            for _ in range(repeats):
+                rows = [Row([pad_id], steps + 1, expert) for _ in range(size)]
+                stats = decode_batch(svf, rows, mode, pad_id, eos_ids=set())
+                table[size] = min(table.get(size, float("inf")), stats.step_s / max(stats.steps, 1))
+    return costs

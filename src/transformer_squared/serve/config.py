@@ -1,0 +1,20 @@
+"""The server's limits: one dataclass, the single source of the `t2 serve` flags' defaults (no heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeLimits:
+    max_batch_size: int = 8  # requests decoded together
+    max_queue: int = 64  # requests waiting beyond that; more get 429
+    max_prompt_tokens: int = 4096
+    max_tokens: int = 512  # the most tokens one request may ask for (and the default for chat)
+    batch_window_s: float = 0.01  # how long a non-full batch waits for more requests
+    shutdown_timeout_s: float = 30.0  # in-flight requests get this long to finish on shutdown
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue", "max_prompt_tokens", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
