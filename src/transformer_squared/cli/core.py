@@ -39,6 +39,11 @@ def register(sub) -> None:
     add_library_arg(p)
     add_generation_args(p)
     p.add_argument("--expert", default=None, help="expert name in the library, or path to an expert folder")
+    from .adapt import add_strategy_args
+
+    add_strategy_args(p)
+    p.add_argument("--task", default=None, help="--strategy cem: the task whose training examples are the shots")
+    p.add_argument("--data", default=None, help="--strategy cem: the task's data path")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("prompt", nargs="+", help="one or more prompts (each answered separately)")
     p.set_defaults(func=generate_cmd)
@@ -109,6 +114,8 @@ def generate_cmd(args) -> int:
     from ..generation import GenerationConfig, generate
 
     config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p)
+    if args.strategy:
+        return _generate_adaptive(args, config)
     expert = _library(args).get(args.expert) if args.expert else None  # fail fast, before loading the model
     targets = args.targets or (expert.meta.targets if expert else "mlp")
     svf = _svf(args, targets, expert)
@@ -120,6 +127,38 @@ def generate_cmd(args) -> int:
         print(answer)
         if expert is not None:
             print(f"[expert: {expert.name}]", file=sys.stderr)
+    return 0
+
+
+def _generate_adaptive(args, config) -> int:
+    """Two passes: the strategy picks an expert per prompt, then that expert answers."""
+    from ..adapt import build_strategy
+    from ..adapt.engine import generate_adaptive
+    from ..adapt.routes import answer_experts
+    from .adapt import strategy_options
+
+    if args.expert:
+        raise ValueError("pass --expert or --strategy, not both")
+    lib = _library(args)
+    routes = answer_experts(lib)
+    if not routes and args.strategy != "base":
+        raise ValueError(f"no expert with a domain label in {lib.root}; train some first (t2 train), or pass --library")
+    task = None
+    if args.strategy == "cem":
+        if not args.task:
+            raise ValueError("--strategy cem needs --task: the task whose training examples it adapts on")
+        from ..tasks import get_task
+
+        task = get_task(args.task, args.data)
+    first = next(iter(routes.values()), None)
+    svf = _svf(args, args.targets or (first.meta.targets if first else "mlp"), first)
+    strategy = build_strategy(args.strategy, svf, lib, **strategy_options(args, task))
+    for answer in generate_adaptive(svf, args.prompt, strategy, config, system=args.system):
+        if len(args.prompt) > 1:
+            print(f"> {answer.prompt}")
+        print(answer.text)
+        print(f"[{args.strategy}: {answer.selection.label} -> expert {answer.expert}; pass 1 "
+              f"{answer.pass1_s * 1e3:.0f} ms, pass 2 {answer.pass2_s * 1e3:.0f} ms]", file=sys.stderr)
     return 0
 
 

@@ -22,8 +22,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="accuracy on a task split (base, expert, LoRA adapter or exported folder)")
     p.add_argument("--model", default=None, help="base model (default: the expert's, else 'default'); an exported folder works too")
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", default=None, help="one task (registry name or dotted path)")
     p.add_argument("--data", default=None)
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks pooled into one mixed set (with --strategy; data from --data-dir)")
+    p.add_argument("--data-dir", default=None,
+                   help="--tasks: folder holding each task's data in a subfolder named after it (e.g. ../shared/data)")
     p.add_argument("--split", default="test")
     p.add_argument("--n", type=int, default=None, help="first N examples of the split (default: all)")
     p.add_argument("--expert", default=None, help="SVF expert (library name or folder)")
@@ -33,6 +37,9 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for <label>.json (summary) and <label>.jsonl (per sample)")
     p.add_argument("--label", default=None, help="file name stem for the results (default: derived)")
+    from .adapt import add_strategy_args
+
+    add_strategy_args(p)
     p.set_defaults(func=eval_cmd)
 
 
@@ -43,17 +50,24 @@ def train_cmd(args: argparse.Namespace) -> int:
         args.out = args.resume
     if args.resume and args.out is None:
         raise ValueError("--resume needs the run's --out (or: --resume OUT)")
+    saved: dict = {}
     if args.resume:  # the checkpoint carries the run's config; only --steps may change
         cfg = TrainConfig(out=args.out, run_dir=args.run_dir, steps=args.steps or 1)
-        if args.steps is None:
+        ckpt = cfg.resolved_run_dir() / "checkpoint.pt"
+        if ckpt.is_file():
             import torch
 
-            ckpt = cfg.resolved_run_dir() / "checkpoint.pt"
-            if ckpt.is_file():
-                cfg.steps = torch.load(ckpt, weights_only=False)["config"]["steps"]
+            saved = torch.load(ckpt, weights_only=False)["config"]
+            cfg.steps = args.steps or saved["steps"]
     else:
         cfg = config_from_args(args)
-    result = train_expert(cfg, resume=bool(args.resume), progress=not args.quiet)
+    task = None
+    if saved.get("task", cfg.task) == "classify":  # the classifier expert's task is built from the library
+        from ..adapt.classify import ClassifyTask
+        from ..experts import ExpertLibrary
+
+        task = ClassifyTask(ExpertLibrary(saved.get("library", cfg.library)))
+    result = train_expert(cfg, resume=bool(args.resume), progress=not args.quiet, task=task)
     print(f"best valid accuracy {result.best_valid:.1%} at step {result.best_step}/{result.steps}; "
           f"{result.num_trainable:,} trainable parameters; {result.seconds:.0f} s")
     print(f"saved {result.out} (run: {cfg.resolved_run_dir()})")
@@ -68,6 +82,10 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
     if args.expert and args.lora:
         raise ValueError("pass --expert or --lora, not both")
+    if args.strategy or args.tasks:
+        return eval_strategy_cmd(args)
+    if not args.task:
+        raise ValueError("pass --task (one task), or --tasks a,b with --strategy (a mixed pool)")
     task = get_task(args.task, args.data)
     task.examples(args.split)  # fail on data problems before loading a model
     if args.expert:
@@ -99,4 +117,73 @@ def eval_cmd(args: argparse.Namespace) -> int:
         print(f"wrote {path} and {path.with_suffix('.jsonl')}")
     else:
         print(json.dumps(result.to_dict()))
+    return 0
+
+
+DATA_FOLDERS = {"arc": "arc_easy", "arc_challenge": "arc_challenge"}  # task -> subfolder name under --data-dir
+
+
+def _task_data(name: str, data_dir: str | None) -> str | None:
+    if data_dir is None:
+        return None
+    folder = Path(data_dir) / DATA_FOLDERS.get(name, name)
+    return str(folder) if folder.exists() else None
+
+
+def eval_strategy_cmd(args: argparse.Namespace) -> int:
+    """A mixed pool of several tasks answered with two-pass self-adaptation (the paper's Table 2 setting)."""
+    from ..adapt import build_strategy
+    from ..adapt.engine import evaluate_strategy
+    from ..adapt.routes import answer_experts
+    from ..experts import ExpertLibrary
+    from ..svf import load_svf
+    from ..tasks import get_task
+    from .adapt import strategy_options
+
+    if args.expert or args.lora:
+        raise ValueError("--strategy picks experts itself: drop --expert/--lora")
+    strategy_name = args.strategy or "base"
+    names = [t.strip() for t in (args.tasks or args.task or "").split(",") if t.strip()]
+    if not names:
+        raise ValueError("--strategy needs --tasks a,b (or --task)")
+    if len(names) == 1 and args.data:
+        tasks = [get_task(names[0], args.data)]
+    else:
+        tasks = [get_task(n, _task_data(n, args.data_dir)) for n in names]
+    for task in tasks:
+        task.examples(args.split)  # fail on data problems before loading a model
+    lib = ExpertLibrary(args.library)
+    routes = answer_experts(lib)
+    if not routes and strategy_name != "base":
+        raise ValueError(f"no expert with a domain label in {lib.root}; train some first, or pass --library")
+    first = next(iter(routes.values()), None)
+    svf = load_svf(args.model or (first.meta.base_model if first else "default"),
+                   targets=first.meta.targets if first else "mlp")
+    if strategy_name == "cem":
+        def strategy(task):
+            return build_strategy("cem", svf, lib, **strategy_options(args, task))
+    else:
+        strategy = build_strategy(strategy_name, svf, lib, **strategy_options(args))
+    report = evaluate_strategy(svf, tasks, strategy, n=args.n, split=args.split, batch_size=args.batch_size,
+                               routes=routes)
+    for t in report.tasks:
+        lo, hi = t.ci95
+        dispatch = "" if t.dispatch_accuracy is None else f"  dispatch {t.dispatch_accuracy:.0%} (want {t.expected})"
+        print(f"{t.task}/{args.split}: {t.accuracy:.1%} [{lo:.1%}, {hi:.1%}] (n={t.n}){dispatch}  experts {t.selected}")
+    dispatch = report.dispatch_accuracy
+    print(f"{strategy_name}: all {report.accuracy:.1%}" + ("" if dispatch is None else f", dispatch {dispatch:.1%}")
+          + f"; pass 1 {report.pass1_s:.1f} s, pass 2 {report.pass2_s:.1f} s (overhead {report.overhead:.2f}x)")
+    if args.out:
+        import json
+
+        from ..atomic import atomic_file
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        label = args.label or f"{'+'.join(names)}_{strategy_name}"
+        for path, text in ((out / f"{label}.json", json.dumps(report.to_dict(), indent=2) + "\n"),
+                           (out / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in report.records))):
+            with atomic_file(path) as tmp:
+                tmp.write_text(text)
+        print(f"wrote {out / label}.json and .jsonl")
     return 0

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from .antonyms import AntonymsTask
 from .arc import ArcChallengeTask, ArcTask, answer_distribution
-from .arithmetic import ArithmeticTask
-from .base import REWARDS, TASKS, Example, Reward, RewardTask, Task, get_reward, get_task
+from .arithmetic import ArithmeticTask, SubtractionTask
+from .base import (
+    REWARDS,
+    TASKS,
+    Example,
+    Reward,
+    RewardTask,
+    Task,
+    get_reward,
+    get_task,
+)
 from .code import HumanEvalTask, MBPPTask
 from .gsm8k import GSM8KTask
 from .math_task import MathTask
@@ -23,13 +33,14 @@ from .rewards import (
 TASKS.update(
     {
         cls.name: cls
-        for cls in (ArithmeticTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, MBPPTask, HumanEvalTask, RewardTask)
+        for cls in (ArithmeticTask, SubtractionTask, AntonymsTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, MBPPTask, HumanEvalTask, RewardTask)
     }
 )
 
 __all__ = [
     "REWARDS",
     "TASKS",
+    "AntonymsTask",
     "ArcChallengeTask",
     "ArcTask",
     "ArithmeticTask",
@@ -40,6 +51,7 @@ __all__ = [
     "MathTask",
     "Reward",
     "RewardTask",
+    "SubtractionTask",
     "Task",
     "answer_distribution",
     "boxed_answer",

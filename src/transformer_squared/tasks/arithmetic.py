@@ -64,3 +64,13 @@ class ArithmeticTask(Task):
 
     def score(self, completion: str, example: Example) -> float:
         return float(self.extract(completion) == normalize_number(str(example["answer"])))
+
+
+class SubtractionTask(ArithmeticTask):
+    """Two-digit subtraction (results may be negative): same domain as addition, but no expert of its own in the
+    demo — the unseen task that few-shot adaptation is measured on."""
+
+    name = "subtraction"
+
+    def __init__(self, data: None = None, digits: int = 2):
+        super().__init__(data, digits=digits, op="-")

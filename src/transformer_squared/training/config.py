@@ -39,6 +39,7 @@ class TrainConfig:
     save_every: int = 10  # checkpoint every N steps (a crash loses at most this many)
     seed: int = 0  # batches and samples of step s are seeded from (seed, s)
     domain: str = ""  # label for self-adaptation (default: the task's domain)
+    library: str | None = None  # --task classify: the expert library whose domains the classifier learns
     lora_rank: int = 16  # LoRA baseline (the paper: r 16, alpha 32, dropout 0.05 on q/v)
     lora_alpha: int = 32  # LoRA scaling
     lora_dropout: float = 0.05  # LoRA dropout

@@ -37,12 +37,16 @@ class TrainResult:
     seconds: float
 
 
-def _build_policy(cfg: TrainConfig):
+def _build_policy(cfg: TrainConfig, svf=None):
     if cfg.method == "svf":
         from ..svf import load_svf
         from .policy import SVFPolicy
 
-        svf = load_svf(cfg.model, targets=cfg.targets)
+        if svf is None:
+            svf = load_svf(cfg.model, targets=cfg.targets)
+        elif svf.targets != cfg.targets:
+            raise ValueError(f"--targets {cfg.targets!r} differs from the loaded model's ({svf.targets!r})")
+        svf.remove()
         return SVFPolicy(svf, cfg.parametrization), svf
     from ..models import load_model
     from .policy import LoRAPolicy
@@ -60,7 +64,8 @@ def _save_artifact(cfg: TrainConfig, policy, handle, task, metrics: dict) -> Non
 
         expert = Expert.for_model(handle, policy.z(), cfg.parametrization, name=out.name,
                                   domain=cfg.domain or task.domain, description=task.description,
-                                  created_by={"method": "train", "config": cfg.to_dict()}, metrics=metrics)
+                                  created_by={"method": "train", "config": cfg.to_dict(), **getattr(task, "record", {})},
+                                  metrics=metrics)
         expert.save(out, overwrite=True)
         return
     with atomic_folder(out) as tmp:
@@ -74,7 +79,8 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise ValueError(f"--out {out} already exists; pass --resume to continue its run or --overwrite to replace it")
 
 
-def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None) -> TrainResult:
+    """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model."""
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
     state = None
@@ -85,13 +91,13 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
         saved = TrainConfig(**{**state["config"], "steps": cfg.steps})  # the run's own config; steps may grow
         cfg = saved
     _check_out(cfg, resume)
-    task = get_task(cfg.task, cfg.data)
+    task = task if task is not None else get_task(cfg.task, cfg.data)
     train_set, valid_set = task.examples("train"), task.examples("valid")[: cfg.valid_n]
     if not train_set:
         raise ValueError(f"task {task.name!r} has no training examples")
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
 
-    policy, handle = _build_policy(cfg)
+    policy, handle = _build_policy(cfg, svf)
     model, tokenizer = policy.model, policy.tokenizer
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best, best_step = 0, -1.0, -1

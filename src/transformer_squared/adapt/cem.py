@@ -1,0 +1,268 @@
+"""Few-shot adaptation to a new task: the Cross-Entropy Method over mixing weights α (the paper's third strategy).
+
+The adapted expert is z = Σₖ αₖ zₖ over the library's experts (and, by default, the base itself, z = 1, so the
+search space contains "no adaptation"); α is one number per expert, or one per expert per matrix. CEM keeps a
+diagonal Gaussian over α: each iteration samples `population` candidates (clipped to [alpha_min, alpha_max]),
+scores them on the k shots, and refits mean and std to the `elite_ratio` best. The first population also holds
+every vertex (each expert alone, the base alone), so the result is never worse on the shots than the best single
+expert. The best candidate seen is returned (reference defaults: population 32, elite 0.2, ≤100 iterations, [0, 1]).
+
+Fitness: accuracy of greedy answers on the shots, ties broken by the mean per-token log-likelihood of the reference
+answers; or the log-likelihood alone (`fitness="loglik"`, no generation, much cheaper).
+
+Candidates are never composed into weights. Each candidate's adapted singular values are mixed from the experts'
+cached vectors — for the paper parametrization σ'(Σ αₖ zₖ) = Σ αₖ (σ ⊙ zₖ) exactly — and a whole population is
+scored in one batch through the factored layers, each row carrying its candidate's σ' (`SVFLinear.row_sigma`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_file
+from ..generation import GenerationConfig, chat_text, generate_ids
+from ..svf import sigma
+from ..training.rollout import teacher_forced, token_logprobs
+
+FITNESSES = ("accuracy", "loglik")
+BASE = "base"  # the name the base weights' component carries in α
+
+
+@dataclass
+class CEMConfig:
+    population: int = 32  # candidates per iteration
+    elite_ratio: float = 0.2  # fraction of the population the distribution is refitted to
+    iterations: int = 10  # CEM iterations (the reference allows up to 100)
+    alpha_min: float = 0.0  # lower bound of each α
+    alpha_max: float = 1.0  # upper bound of each α
+    init_std: float = 0.3  # initial std of each α (the mean starts at 1/#components)
+    per_matrix: bool = False  # one α per expert per matrix instead of one per expert
+    include_base: bool = True  # the base weights (z = 1) are a component too
+    fitness: str = "accuracy"  # accuracy (greedy answers, log-likelihood breaks ties) | loglik
+    max_new_tokens: int = 0  # accuracy fitness: 0 = the task's default
+    batch_rows: int = 64  # candidate×shot rows per forward pass
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.fitness not in FITNESSES:
+            raise ValueError(f"--fitness {self.fitness!r}: choose one of {', '.join(FITNESSES)}")
+        if self.population < 2 or self.iterations < 1 or self.batch_rows < 1:
+            raise ValueError("--population must be >= 2, --iterations and --batch-rows >= 1")
+        if not 0 < self.elite_ratio <= 1:
+            raise ValueError("--elite-ratio must be in (0, 1]")
+        if not self.alpha_min < self.alpha_max:
+            raise ValueError("--alpha-min must be below --alpha-max")
+
+    @property
+    def n_elite(self) -> int:
+        return max(1, math.ceil(self.population * self.elite_ratio))
+
+
+@dataclass
+class CEMResult:
+    components: list[str]  # expert names (and BASE) in α's order
+    alpha: list  # best α: [K] or [K][matrices]
+    accuracy: float  # on the shots
+    loglik: float
+    history: list[dict] = field(default_factory=list)  # per iteration: best/mean fitness, std, seconds
+    seconds: float = 0.0
+
+    def alpha_dict(self, matrix_names: list[str]) -> dict:
+        """{component: α} or {component: {matrix: α}}, as stored in expert.json."""
+        if self.alpha and isinstance(self.alpha[0], list):
+            return {c: dict(zip(matrix_names, a)) for c, a in zip(self.components, self.alpha)}
+        return dict(zip(self.components, self.alpha))
+
+
+class Population:
+    """Scores candidate α's on the shots: α -> σ' per matrix -> per-row σ' in the factored layers."""
+
+    def __init__(self, svf, experts: list, shots: list[dict], task, config: CEMConfig):
+        if not experts:
+            raise ValueError("few-shot adaptation needs at least one expert in the library")
+        if not shots:
+            raise ValueError("few-shot adaptation needs at least one example (shot) of the task")
+        first = experts[0]
+        for e in experts:
+            e.check_compatible(svf)
+            if (e.parametrization, e.max_mult) != (first.parametrization, first.max_mult):
+                raise ValueError(f"experts {first.name!r} and {e.name!r} use different parametrizations; cannot mix")
+        self.svf, self.shots, self.task, self.config = svf, shots, task, config
+        self.parametrization, self.max_mult = first.parametrization, first.max_mult
+        self.components = [e.name for e in experts]
+        zs = [e.z for e in experts]
+        if config.include_base:
+            self.components.append(BASE)
+            zs.append(svf.init_z(self.parametrization))
+        self.Z = {n: torch.stack([z[n] for z in zs]) for n in svf.names}  # {matrix: (K, r)}
+        self.max_new = config.max_new_tokens or _default_max_new(task)
+        self.texts = [chat_text(svf.tokenizer, e["prompt"]) for e in shots]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        K, M = len(self.components), len(self.svf.names)
+        return (K, M) if self.config.per_matrix else (K,)
+
+    def sigmas(self, alphas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{matrix: (P, r)} adapted singular values of each candidate."""
+        out = {}
+        for m, n in enumerate(self.svf.names):
+            a = alphas[:, :, m] if self.config.per_matrix else alphas  # (P, K)
+            z = a @ self.Z[n]  # (P, r): Σₖ αₖ zₖ
+            out[n] = sigma(z, self.svf.decomposition.factors(n)[1], self.parametrization, self.max_mult)
+        return out
+
+    @torch.no_grad()
+    def score(self, alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(accuracy, mean log-likelihood) of each candidate on the shots: two (P,) tensors."""
+        P, k = alphas.shape[0], len(self.shots)
+        sig = self.sigmas(alphas)
+        rows = [(c, i) for c in range(P) for i in range(k)]
+        correct, loglik = torch.zeros(P), torch.zeros(P)
+        svf = self.svf
+        svf.remove()
+        with svf.factored(parametrization=self.parametrization, max_mult=self.max_mult) as layers:
+            try:
+                for start in range(0, len(rows), self.config.batch_rows):
+                    chunk = rows[start : start + self.config.batch_rows]
+                    cands = torch.tensor([c for c, _ in chunk])
+                    for n, layer in layers.items():
+                        layer.row_sigma = sig[n][cands]  # (B, r)
+                    examples = [self.shots[i] for _, i in chunk]
+                    rollout = teacher_forced(svf.tokenizer, [e["prompt"] for e in examples],
+                                             [str(e["reference"]) for e in examples])
+                    lp = token_logprobs(svf.model, rollout)  # (B, C)
+                    ll = lp.sum(1) / rollout.completion_mask.sum(1).clamp(min=1)
+                    loglik.index_add_(0, cands, ll.float())
+                    if self.config.fitness == "accuracy":
+                        config = GenerationConfig(max_new_tokens=self.max_new, batch_size=len(chunk))
+                        ids = generate_ids(svf.model, svf.tokenizer, [self.texts[i] for _, i in chunk], config)
+                        for (c, i), row in zip(chunk, ids):
+                            text = svf.tokenizer.decode(row, skip_special_tokens=True)
+                            correct[c] += self.task.score(text, self.shots[i])
+            finally:
+                for layer in layers.values():
+                    layer.row_sigma = None
+        return correct / k, loglik / k
+
+
+def _default_max_new(task) -> int:
+    from ..training.evaluate import default_max_new_tokens
+
+    return default_max_new_tokens(task)
+
+
+def _rank_key(accuracy: float, loglik: float, fitness: str) -> tuple[float, float]:
+    return (loglik, 0.0) if fitness == "loglik" else (accuracy, loglik)
+
+
+def cem_search(population: Population, progress: bool = True, state_path: str | Path | None = None) -> CEMResult:
+    """Run CEM; with `state_path`, the state is saved after every iteration and a run resumes from it."""
+    cfg = population.config
+    shape = population.shape
+    K = shape[0]
+    mean = torch.full(shape, 1.0 / K)
+    std = torch.full(shape, cfg.init_std)
+    best: dict | None = None
+    history: list[dict] = []
+    start = 0
+    state_path = Path(state_path) if state_path else None
+    if state_path is not None and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config") != asdict(cfg) or state.get("components") != population.components:
+            raise ValueError(f"{state_path} belongs to another CEM run (different settings or experts); "
+                             "delete it or pass another --out")
+        mean, std = torch.tensor(state["mean"]), torch.tensor(state["std"])
+        best, history, start = state["best"], state["history"], state["iteration"]
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="cem", disable=not progress)
+    for it in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + it)
+        alphas = (mean + std * torch.randn((cfg.population, *shape), generator=g)).clamp(cfg.alpha_min, cfg.alpha_max)
+        if it == 0:  # every vertex: each component alone
+            for v in range(min(K, cfg.population)):
+                alphas[v] = 0.0
+                alphas[v, v] = 1.0
+        accuracy, loglik = population.score(alphas)
+        order = sorted(range(cfg.population), reverse=True,
+                       key=lambda i: _rank_key(float(accuracy[i]), float(loglik[i]), cfg.fitness))
+        elite = alphas[order[: cfg.n_elite]]
+        mean, std = elite.mean(0), elite.std(0, unbiased=False) if len(elite) > 1 else std * 0.5
+        top = order[0]
+        candidate = {"alpha": alphas[top].tolist(), "accuracy": float(accuracy[top]), "loglik": float(loglik[top])}
+        if best is None or _rank_key(candidate["accuracy"], candidate["loglik"], cfg.fitness) > _rank_key(
+                best["accuracy"], best["loglik"], cfg.fitness):
+            best = candidate
+        history.append({"iteration": it + 1, "best_accuracy": best["accuracy"], "best_loglik": best["loglik"],
+                        "mean_accuracy": float(accuracy.mean()), "mean_loglik": float(loglik.mean()),
+                        "std": float(std.mean()), "seconds": round(time.perf_counter() - t0, 2)})
+        bar.set_postfix(acc=f"{best['accuracy']:.2f}", ll=f"{best['loglik']:.3f}")
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_file(state_path) as tmp:
+                tmp.write_text(json.dumps({"config": asdict(cfg), "components": population.components,
+                                           "mean": mean.tolist(), "std": std.tolist(), "best": best,
+                                           "history": history, "iteration": it + 1}))
+    return CEMResult(population.components, best["alpha"], best["accuracy"], best["loglik"], history,
+                     time.perf_counter() - t0)
+
+
+def adapted_expert(svf, experts: list, result: CEMResult, name: str = "", description: str = "", **created_by):
+    """The CEM result as an ordinary expert (z = Σ αₖ zₖ) with α recorded in expert.json."""
+    from ..experts import Expert, ExpertMeta, mix
+
+    by_name = {e.name: e for e in experts}
+    parts = list(by_name.values())
+    alphas = result.alpha_dict(svf.names)
+    if BASE in alphas:
+        parts.append(Expert.for_model(svf, None, parts[0].parametrization, parts[0].max_mult, name=BASE))
+    weights = [alphas[e.name] for e in parts]
+    meta = ExpertMeta(name=name, description=description,
+                      created_by={"method": "cem", **created_by},
+                      metrics={"shots_accuracy": result.accuracy, "shots_loglik": result.loglik,
+                               "seconds": round(result.seconds, 1), "history": result.history})
+    return mix(parts, weights, meta)
+
+
+def fewshot_examples(task, shots: int, seed: int = 0) -> list[dict]:
+    """k examples of the task's train split (a seeded sample), never from the split being evaluated."""
+    import random
+
+    examples = task.examples("train")
+    if not examples:
+        raise ValueError(f"task {task.name!r} has no train examples to adapt on")
+    return random.Random(seed).sample(examples, min(shots, len(examples)))
+
+
+class FewShotStrategy:
+    """`cem` as a pass 1: adapt once to a task from k shots, then answer every prompt with the mixture."""
+
+    name = "cem"
+
+    def __init__(self, experts: list, task, shots: int = 10, config: CEMConfig | None = None, progress: bool = True):
+        self.experts, self.task, self.shots = experts, task, shots
+        self.config, self.progress = config or CEMConfig(), progress
+        self.expert = None
+        self.result: CEMResult | None = None
+
+    def adapt(self, svf):
+        if self.expert is None:
+            population = Population(svf, self.experts, fewshot_examples(self.task, self.shots, self.config.seed),
+                                    self.task, self.config)
+            self.result = cem_search(population, progress=self.progress)
+            self.expert = adapted_expert(svf, self.experts, self.result, name=f"cem-{self.task.name}",
+                                         task=self.task.name, shots=self.shots, cem=asdict(self.config))
+        return self.expert
+
+    def select(self, svf, prompts: list):
+        from .strategy import Selection
+
+        expert = self.adapt(svf)
+        return [Selection("cem", expert) for _ in prompts]

@@ -1,0 +1,142 @@
+"""`t2 demo`: the whole method, offline, on the default model, in minutes on a laptop CPU.
+
+1. Two experts on built-in tasks: `arithmetic` (two-digit addition, trained with RL as in the paper) and `antonyms`
+   (trained with next-token SFT: the base model almost never answers with the word only, so RL rewards are too
+   sparse for a short run). A classifier expert learns to label prompts with the two domains (RL).
+   All three are cached in the work folder; a second run only answers.
+2. A mixed set of prompts from the two tasks and from `subtraction`, which no expert was trained on, is answered
+   by the base model and by each self-adaptation strategy (prompt, classifier, embedding): one line per prompt.
+3. Few-shot CEM adapts to `subtraction` from 8 of its training examples (cached too).
+4. A table: per-task accuracy, dispatch accuracy and pass-1 overhead of each strategy, and the unseen task under
+   base / each single expert / the CEM mixture.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_TASKS = ("arithmetic", "antonyms", "subtraction")
+UNSEEN = "subtraction"
+EXPERT_RUNS = {  # name -> TrainConfig fields; small enough for a first run within 10 minutes on 2 cores
+    "arithmetic": {"task": "arithmetic", "objective": "rloo", "steps": 12, "batch_size": 8, "group_size": 4, "lr": 3e-3,
+                       "valid_every": 12, "valid_n": 32},
+    "antonyms": {"task": "antonyms", "objective": "sft", "steps": 16, "batch_size": 8, "lr": 3e-3, "valid_every": 8, "valid_n": 34},
+}
+CLASSIFIER_RUN = {"objective": "rloo", "steps": 8, "batch_size": 8, "group_size": 4, "lr": 3e-3, "valid_every": 8, "valid_n": 24}
+CEM_RUN = {"population": 12, "iterations": 4, "elite_ratio": 0.25, "fitness": "accuracy"}
+SHOTS = 8
+
+
+def default_workdir() -> Path:
+    root = os.environ.get("T2_CACHE") or Path.home() / ".cache" / "transformer_squared"
+    return Path(root) / "demo"
+
+
+def _cached(library, name: str, svf) -> bool:
+    from ..experts import ExpertError
+
+    if name not in library:
+        return False
+    try:
+        library.get(name).check_compatible(svf)
+        return True
+    except ExpertError:
+        return False
+
+
+def _train(svf, library, runs: Path, name: str, fields: dict, task=None, log=print) -> None:
+    from ..training.config import TrainConfig
+    from ..training.trainer import train_expert
+
+    cfg = TrainConfig(model=svf.model_id, out=str(library.root / name), run_dir=str(runs / name), overwrite=True,
+                      **fields)
+    t0 = time.perf_counter()
+    result = train_expert(cfg, task=task, svf=svf)
+    log(f"  {name}: best valid accuracy {result.best_valid:.0%} (step {result.best_step}/{result.steps}), "
+        f"{time.perf_counter() - t0:.0f} s")
+
+
+def _mark(score: float) -> str:
+    return "ok" if score else "--"
+
+
+def run_demo(model: str = "default", workdir=None, n: int = 12, retrain: bool = False, out=sys.stdout) -> int:
+    from ..experts import ExpertLibrary
+    from ..svf import load_svf
+    from ..tasks import get_task
+    from . import build_strategy
+    from .cem import CEMConfig, FewShotStrategy
+    from .classify import ClassifyTask
+    from .engine import FixedStrategy, evaluate_strategy
+    from .routes import answer_experts
+
+    def log(*parts):
+        print(*parts, file=out, flush=True)
+
+    t_start = time.perf_counter()
+    workdir = Path(workdir) if workdir else default_workdir()
+    library, runs = ExpertLibrary(workdir / "experts"), workdir / "runs"
+    log(f"[1/4] loading {model} and its SVD (cached after the first run); work folder {workdir}")
+    svf = load_svf(model)
+    log(f"  {len(svf.names)} MLP matrices, {svf.num_z():,} singular values = the size of one expert")
+
+    log("[2/4] experts (trained once, then cached)")
+    for name, fields in EXPERT_RUNS.items():
+        if retrain or not _cached(library, name, svf):
+            _train(svf, library, runs, name, fields, log=log)
+        else:
+            log(f"  {name}: cached ({library.info(name)['metrics'].get('valid_accuracy', 0):.0%} valid)")
+    if retrain or not _cached(library, "dispatcher", svf):
+        _train(svf, library, runs, "dispatcher", {"task": "classify", **CLASSIFIER_RUN}, task=ClassifyTask(library),
+               log=log)
+    else:
+        log(f"  dispatcher: cached ({library.info('dispatcher')['metrics'].get('valid_accuracy', 0):.0%} valid)")
+
+    tasks = [get_task(t) for t in DEMO_TASKS]
+    routes = answer_experts(library)
+    log(f"[3/4] answering {n} test prompts of each of {', '.join(DEMO_TASKS)} ({UNSEEN} has no expert)")
+    reports = {}
+    for name in ("base", "prompt", "classifier", "embedding"):
+        strategy = build_strategy(name, svf, library)
+        reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes, progress=False)
+    by_strategy = {name: r.records for name, r in reports.items()}
+    log(f"  {'prompt':46} {'answer':>7}  " + "  ".join(f"{s:>20}" for s in by_strategy))
+    for i, rec in enumerate(by_strategy["base"]):
+        cells = [f"{by_strategy[s][i]['expert'][:15]:>15} {_mark(by_strategy[s][i]['score'])}" for s in by_strategy]
+        log(f"  {rec['prompt'][:46]:46} {str(rec['answer'])[:7]:>7}  " + "  ".join(f"{c:>20}" for c in cells))
+
+    log(f"[4/4] few-shot CEM on {UNSEEN} from {SHOTS} training examples (mixing {', '.join(routes)} and the base)")
+    unseen = get_task(UNSEEN)
+    cem_name = f"cem-{UNSEEN}"
+    if retrain or not _cached(library, cem_name, svf):
+        fewshot = FewShotStrategy(list(routes.values()), unseen, SHOTS, CEMConfig(**CEM_RUN), progress=True)
+        expert = fewshot.adapt(svf)
+        library.add(expert, cem_name, overwrite=True)
+    unseen_rows = {"base": reports["base"]}
+    for expert in routes.values():
+        unseen_rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n,
+                                                                  batch_size=32, progress=False)
+    cem_expert = library.get(cem_name)
+    unseen_rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n,
+                                                   batch_size=32, progress=False)
+    alpha = {k: round(v, 2) for k, v in (cem_expert.meta.alpha or {}).items() if isinstance(v, float)}
+
+    log("\nResults (accuracy on the mixed set; dispatch = pass 1 picked the task's expert, or base for "
+        f"{UNSEEN}; overhead = pass-1 time / pass-2 time)")
+    log(f"  {'strategy':12} " + " ".join(f"{t:>12}" for t in DEMO_TASKS) + f" {'all':>6} {'dispatch':>9} {'overhead':>9}")
+    for name, r in reports.items():
+        cells = " ".join(f"{t.accuracy:>12.0%}" for t in r.tasks)
+        dispatch = "" if r.dispatch_accuracy is None else f"{r.dispatch_accuracy:.0%}"
+        overhead = "" if name == "base" else f"{r.overhead:.2f}x"
+        log(f"  {name:12} {cells} {r.accuracy:>6.0%} {dispatch:>9} {overhead:>9}")
+    log(f"\nUnseen task {UNSEEN} (n={n}):")
+    for name, r in unseen_rows.items():
+        task_report = next(t for t in r.tasks if t.task == UNSEEN)
+        log(f"  {name:22} {task_report.accuracy:>6.0%}")
+    log(f"  CEM α: {alpha}")
+    log(f"\nDone in {time.perf_counter() - t_start:.0f} s. Experts: {library.root} "
+        f"(try: t2 generate --library {library.root} --strategy embedding \"What is 31 + 45?\")")
+    return 0

