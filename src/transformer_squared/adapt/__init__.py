@@ -44,6 +44,9 @@ def build_strategy(name: str, svf, library, **options) -> Strategy:
                                  DEFAULT_THRESHOLD if threshold is None else threshold)
     from .cem import FewShotStrategy
 
+    if options.get("task") is None:
+        raise ValueError("--strategy cem needs a task: the task whose training examples it adapts on (--task)")
+
     return FewShotStrategy(list(routes.values()), options["task"], options.get("shots", 10), options.get("cem"),
                            options.get("progress", True))
 

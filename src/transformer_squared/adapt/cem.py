@@ -32,7 +32,7 @@ from ..svf import sigma
 from ..training.rollout import teacher_forced, token_logprobs
 
 FITNESSES = ("accuracy", "loglik")
-BASE = "base"  # the name the base weights' component carries in α
+BASE = "<base>"  # the base weights' component in α (not a valid expert name, so it never collides)
 
 
 @dataclass
@@ -89,6 +89,9 @@ class Population:
             raise ValueError("few-shot adaptation needs at least one expert in the library")
         if not shots:
             raise ValueError("few-shot adaptation needs at least one example (shot) of the task")
+        names = [e.name for e in experts]
+        if len(set(names)) != len(names) or BASE in names:
+            raise ValueError(f"experts to mix need distinct names other than {BASE!r} (α is keyed by name): {names}")
         first = experts[0]
         for e in experts:
             e.check_compatible(svf)
@@ -127,8 +130,7 @@ class Population:
         rows = [(c, i) for c in range(P) for i in range(k)]
         correct, loglik = torch.zeros(P), torch.zeros(P)
         svf = self.svf
-        svf.remove()
-        with svf.factored(parametrization=self.parametrization, max_mult=self.max_mult) as layers:
+        with svf.applied(None), svf.factored(parametrization=self.parametrization, max_mult=self.max_mult) as layers:
             try:
                 for start in range(0, len(rows), self.config.batch_rows):
                     chunk = rows[start : start + self.config.batch_rows]
@@ -186,10 +188,10 @@ def cem_search(population: Population, progress: bool = True, state_path: str | 
     for it in bar:
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + it)
         alphas = (mean + std * torch.randn((cfg.population, *shape), generator=g)).clamp(cfg.alpha_min, cfg.alpha_max)
-        if it == 0:  # every vertex: each component alone
+        if it == 0:  # every vertex of the box: one component at alpha_max, the others at alpha_min
             for v in range(min(K, cfg.population)):
-                alphas[v] = 0.0
-                alphas[v, v] = 1.0
+                alphas[v] = cfg.alpha_min
+                alphas[v, v] = cfg.alpha_max
         accuracy, loglik = population.score(alphas)
         order = sorted(range(cfg.population), reverse=True,
                        key=lambda i: _rank_key(float(accuracy[i]), float(loglik[i]), cfg.fitness))

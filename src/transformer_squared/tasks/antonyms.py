@@ -90,11 +90,12 @@ class AntonymsTask(Task):
     def examples(self, split: str) -> list[Example]:
         table = antonyms_of()
         held_out = {w for s in HELD_OUT[split] for pair in self.pairs(s) for w in pair}
-        examples = []
+        examples, asked = [], set()
         for a, b in self.pairs(split):
             for word, answer in ((a, b), (b, a)):
-                if word in held_out:  # a word shared with a held-out pair is only ever asked there
+                if word in held_out or word in asked:  # a word shared with a held-out pair is only asked there
                     continue
+                asked.add(word)
                 prompt = f"Give the antonym of '{word}'. Answer with the word only."
                 examples.append({"prompt": prompt, "answer": answer, "reference": answer, "word": word,
                                  "accepted": sorted(table[word])})

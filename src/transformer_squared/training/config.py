@@ -89,7 +89,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls=TrainConfig, skip: t
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         text = f"{helps.get(f.name, '')} (default: {default})".strip()
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=None, help=text)
+            action = argparse.BooleanOptionalAction if default else "store_true"  # --no-x turns a default on off
+            parser.add_argument(flag, action=action, default=None, help=text)
         elif str(f.type).startswith("list"):
             parser.add_argument(flag, nargs="+", default=None, help=text)
         else:
