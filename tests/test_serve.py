@@ -8,14 +8,14 @@ import asyncio
 
 import pytest
 import torch
+from conftest import VOCAB, noisy_z
 
 from transformer_squared.experts import Expert
 from transformer_squared.serve.batching import Costs, Planner, measure_costs
 from transformer_squared.serve.decode import Row, decode_batch, next_tokens
-from transformer_squared.serve.engine import Busy, Closed, Engine, Request, TextStream
+from transformer_squared.serve.engine import Busy, Closed, Engine
+from transformer_squared.serve.request import Request, TextStream
 from transformer_squared.serve.schemas import ChatRequest, CompletionRequest
-
-from conftest import VOCAB, noisy_z
 
 PAD = 0
 NO_EOS: set[int] = set()
@@ -78,6 +78,33 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(svf):
         assert rows[i].tokens == alone.tokens[: len(rows[i].tokens)]
 
 
+def test_rows_joining_a_running_batch_decode_as_if_alone(svf):
+    """Continuous batching: two rows start, two more (one with a longer prompt, so the running cache gets padded)
+    join after 3 steps, the first ones leave early (their cache columns are trimmed); every row's tokens equal its
+    tokens decoded alone with its expert merged."""
+    from transformer_squared.serve.decode import Batch
+
+    experts = [experts_for(svf, 1)[0], None, *experts_for(svf, 2, ("reference", "paper"))]
+    ids = prompts(2, seed=7) + [prompts(9, seed=8)[-1], prompts(1, seed=9)[0]]  # 3, 4, 11 and 3 tokens
+    rows = [Row(p, n, e) for p, n, e in zip(ids, (4, 5, 12, 9), experts)]
+    with Batch(svf, PAD, NO_EOS) as batch:
+        batch.add(rows[:2], "rows")
+        for _ in range(3):
+            batch.step("rows")
+        width_before = batch.mask.shape[1]
+        batch.add(rows[2:], "rows")
+        assert batch.mask.shape[1] > width_before and len(batch) == 3  # row 0 already used its 4 tokens
+        while batch.rows:
+            batch.step("rows")
+            if rows[1].finish_reason and len(batch) == 2:
+                assert not batch.mask[:, 0].eq(0).all()  # columns nobody attends to are trimmed
+    for i, row in enumerate(rows):
+        alone = Row(row.ids, row.max_tokens, row.expert)
+        decode_batch(svf, [alone], "merged", PAD, NO_EOS)
+        assert row.tokens == alone.tokens, f"row {i}"
+    assert svf.active is None and not svf.factored_active
+
+
 def test_eos_finishes_a_row_and_is_not_returned(svf):
     ids = prompts(2)
     probe = Row(ids[0], 6)
@@ -129,31 +156,27 @@ def test_costs_interpolate_and_extrapolate():
     assert COSTS.step("rows", 16) == pytest.approx(0.2 + 0.1 * 8 / 7)
 
 
-def test_planner_merges_uniform_cached_batches_and_runs_mixed_ones_as_rows(svf):
+def test_planner_merges_uniform_cached_rows_and_runs_mixed_ones_together(svf):
     a, b = experts_for(svf, 2)
     planner = Planner(COSTS)
-    cached = lambda e: True  # noqa: E731
-    assert [m for m, _ in planner.plan([Row([1], 8, a)] * 4, cached)] == ["merged"]
+    cached = lambda e: True
+    assert planner.mode([Row([1], 8, a)] * 4, cached) == "merged"
     mixed = [Row([1], 8, e) for e in (a, b, None, a)]
-    assert planner.plan(mixed, cached) == [("rows", mixed)]
-    # when the factored pass is slow, grouping wins and the largest group goes first
+    assert not planner.by_groups(mixed, cached) and planner.mode(mixed, cached) == "rows"
+    # when the factored pass is slow, grouping wins; the largest group goes first
     slow_rows = Planner(Costs(merged={1: 0.09, 8: 0.15}, rows={1: 0.5, 8: 0.9}, compose=1.5))
-    plan = slow_rows.plan(mixed, cached)
-    assert [m for m, _ in plan] == ["merged"] * 3 and [len(g) for _, g in plan] == [2, 1, 1]
-    assert Planner(COSTS, "groups").plan(mixed, cached)[0][0] == "merged"
-    assert Planner(None, "rows").plan([Row([1], 8, a)], cached) == [("rows", [Row([1], 8, a)])]
+    assert slow_rows.by_groups(mixed, cached) and [len(g) for g in slow_rows.groups(mixed)] == [2, 1, 1]
+    assert Planner(COSTS, "groups").by_groups([Row([1], 8, a)], cached)  # forced: the benchmark's baseline
+    assert Planner(None, "rows").mode([Row([1], 8, a)], cached) == "rows"
 
 
 def test_planner_amortizes_composing_an_uncached_expert_like_ski_rental(svf):
-    """An uncached expert runs as rows (no compose) until the extra it paid reaches the compose cost."""
+    """An uncached expert's rows run factored (no compose) until the extra they paid covers the compose."""
     a = experts_for(svf, 1)[0]
     planner = Planner(COSTS)
-    batch = [Row([1], 16, a) for _ in range(8)]
-    # 1st: rows 16 * 0.2 = 3.2 s < merged 16 * 0.15 = 2.4 s + compose 1.5 s; it paid 0.8 s extra
-    # 2nd: rows 3.2 s >= merged 2.4 s + the 0.7 s of compose not yet paid
-    modes = [planner.plan(batch, lambda e: False)[0][0] for _ in range(2)]
-    assert modes == ["rows", "merged"]
-    assert planner.paid[a.key] == pytest.approx(0.8)
+    batch = [Row([1], 64, a) for _ in range(8)]  # each step as rows costs 0.2 - 0.15 = 0.05 s extra; compose 1.5 s
+    modes = [planner.mode(batch, lambda e: False) for _ in range(31)]
+    assert modes[:29] == ["rows"] * 29 and "merged" in modes[29:]
 
 
 def test_measure_costs_times_both_modes(svf):
@@ -262,7 +285,7 @@ def test_engine_serves_auto_and_named_requests_in_one_batch(engine_svf):
     assert named[0] == ("start", {"expert": "e0"})
     assert auto[0][1]["expert"] == "e1" and auto[0][1]["selection"]["label"] == "math"
     assert strategy.calls == [["2+2?"]]
-    assert engine.served["rows_batches"] == 1 and engine.served["largest_batch"] == 2
+    assert engine.served["rows_steps"] >= 1 and engine.served["largest_batch"] == 2
     for events, expert, p in ((named, a, ids[0]), (auto, b, ids[1])):
         alone = Row(p, 5, expert)
         decode_batch(engine_svf, [alone], "merged", PAD, NO_EOS)
@@ -323,3 +346,25 @@ def test_engine_close_cancels_the_running_batch(engine_svf):
     assert events[-1][:2] == ("error", 503) and "cancelled" in events[-1][2]
     assert not engine._thread.is_alive()
     assert engine_svf.active is None and not engine_svf.factored_active
+
+
+# -- command line ----------------------------------------------------------------------------------------------------
+
+def test_cli_serve_flags_and_missing_extra(monkeypatch, capsys):
+    import sys
+
+    from transformer_squared.cli import main
+    from transformer_squared.cli.serve import _is_loopback
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "-h"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--host", "--port", "--api-key", "--library", "--strategy", "--batching", "--max-queue",
+                 "--max-tokens", "--max-prompt-tokens", "--max-batch-size", "--shutdown-timeout"):
+        assert flag in out
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the serve extra were not installed
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == "t2 serve needs the serve extra: pip install 'transformer-squared[serve]'"
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0")

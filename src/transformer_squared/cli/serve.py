@@ -7,6 +7,7 @@ import ipaddress
 import os
 import sys
 
+from .adapt import add_strategy_args, strategy_options
 from .core import add_library_arg, add_model_args
 
 SERVE_EXTRA = "t2 serve needs the serve extra: pip install 'transformer-squared[serve]'"
@@ -26,8 +27,7 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("T2_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $T2_API_KEY, else none)")
-    p.add_argument("--strategy", default="embedding",
-                   help="self-adaptation strategy for model 'auto': prompt, classifier, embedding (default), or none")
+    add_strategy_args(p, default="embedding")  # pass 1 of model "auto"
     p.add_argument("--batching", default="auto", choices=["auto", "rows", "groups"],
                    help="mixed-expert batches: per-row z in one pass (rows), one merged batch per expert (groups), "
                         "or pick per batch from costs measured at start-up (auto, default)")
@@ -36,6 +36,8 @@ def register(sub) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=defaults.max_prompt_tokens)
     p.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
                    help="the most tokens a request may ask for (and the default for chat)")
+    p.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_s * 1000,
+                   help="how long a batch that is not full waits for more requests before it starts")
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
                    help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -61,7 +63,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     from ..svf import load_svf
 
     limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
-                         shutdown_timeout_s=args.shutdown_timeout)
+                         args.batch_window_ms / 1000, args.shutdown_timeout)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, not {args.port}")
     if not _is_loopback(args.host) and not args.api_key:
@@ -72,9 +74,9 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir)
-    strategy = None if args.strategy in ("none", "") else args.strategy
-    app = create_app(svf, args.library, strategy=strategy, api_key=args.api_key, limits=limits,
-                     batching=args.batching)
+    options = {k: v for k, v in strategy_options(args).items() if v is not None}
+    app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
+                     limits=limits, batching=args.batching)
     uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=int(args.shutdown_timeout) or None,
                 log_level="info")
     return 0

@@ -28,13 +28,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+try:
+    from jinja2 import TemplateError  # what chat templates raise
+except ImportError:  # pragma: no cover - transformers' chat templates need jinja2
+    TemplateError = ValueError
+
 from ..experts import ExpertError, ExpertLibrary
 from ..generation import chat_text
 from . import schemas
 from .config import ServeLimits
 from .engine import Busy, Closed, Engine
-from .engine import Request as Job
 from .registry import ExpertRegistry, UnknownExpert
+from .request import Request as Job
 
 
 class APIError(Exception):
@@ -115,6 +120,10 @@ def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None
             return APIError(400, "the request body must be a JSON object", None, "invalid_json").response()
         param = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or None
         return APIError(422, f"{param or 'body'}: {err['msg']}", param, "invalid_value").response()
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):
+        return APIError(500, f"internal error: {type(e).__name__}: {e}", None, "internal_error", "server_error").response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, e: StarletteHTTPException):
@@ -270,7 +279,12 @@ def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None
     @app.post("/v1/chat/completions")
     async def chat_completions(body: schemas.ChatRequest):
         messages = [m.as_template_message() for m in body.messages]
-        ids = tokenizer(chat_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        try:
+            text = chat_text(tokenizer, messages)
+        except (ValueError, TemplateError) as e:  # the chat template refuses these messages (e.g. role order)
+            raise APIError(400, f"the model's chat template refused the messages: {e}", "messages",
+                           "invalid_value") from None
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         j = job(body, ids, messages, limits.max_tokens)
         answered_by = await run(j)
         id_ = schemas.new_id("chatcmpl")

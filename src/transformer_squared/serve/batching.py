@@ -1,14 +1,14 @@
-"""What runs a batch whose rows use different experts: one factored pass with per-row σ', or one merged batch per
-expert — picked per batch from costs measured on this machine at start-up.
+"""How rows on different experts are decoded: together in one factored pass with per-row σ' (`rows`), or one
+merged batch per expert after another (`groups`) — picked per batch from costs measured at start-up.
 
-    rows    cost ≈ steps · t_rows(B)                               (svf.factored + row_sigma, see decode.py)
-    groups  cost ≈ Σ_groups [ steps_g · t_merged(B_g) + compose_g ]  (each expert's rows after one another)
+    rows    cost ≈ steps · t_rows(B)                               (continuous batching, see decode.py)
+    groups  cost ≈ Σ_groups [ steps_g · t_merged(B_g) + compose_g ]  (static batches, one expert at a time)
 
 t_rows(B) and t_merged(B) are seconds per decode step at batch size B (piecewise linear between the measured
 sizes); compose_g is the time to compose an expert's merged weights when they are not cached (0 when cached, or
-for the base). A batch on one expert is the one-group case, so a single uncached expert with few tokens to decode
-can still go to `rows`, which needs no compose (see Planner for how the compose is then amortized). `steps` is the largest token budget in the batch (an upper bound:
-eos usually comes sooner), and prefill cost is left out of the model.
+for the base). `steps` is the largest remaining token budget (an upper bound: eos usually comes sooner); prefill
+cost is left out of the model. Within a running batch, each forward pass is `merged` whenever all its rows share
+weights that are cached (or worth composing, see Planner), else `rows`.
 
 Measured on SmolLM2-135M (2-core CPU, 1 torch thread; the benchmark in BENCHMARKS.md has the full numbers): a
 merged step costs 91 ms at B=1 and 171 ms at B=8, a factored step 112 ms and 196 ms; composing an uncached expert
@@ -54,13 +54,14 @@ class Costs:
 
 
 class Planner:
-    """Picks, per batch, `rows` or `groups` (see the module docstring); remembers what it paid per expert.
+    """Decides, from the costs, whether mixed rows run together (`rows`) or by expert group, and which set-up each
+    forward pass uses.
 
-    Merging an expert is a one-off cost that later batches reuse, so charging the full compose to the first batch
-    that could use it would keep a popular expert in `rows` forever. As in ski rental, every batch on an uncached
-    expert that runs as `rows` adds the extra it paid (its rows cost minus its merged cost) to that expert's
-    account, and the compose is charged only what is not yet paid: once the account reaches the compose cost, the
-    expert gets merged. At most twice the cost of the best choice in hindsight, and no guess about the future.
+    Merging an expert is a one-off cost that later steps reuse, so charging the whole compose to the first step
+    that could use it would keep a popular expert in `rows` forever. As in ski rental, every step of an uncached
+    expert's rows that runs as `rows` adds the extra it paid (rows cost minus merged cost at that batch size) to the
+    expert's account, and the expert is merged once the account covers the compose cost: at most about twice the
+    best cost in hindsight, without guessing the future.
     """
 
     def __init__(self, costs: Costs | None, batching: str = "auto"):
@@ -69,27 +70,36 @@ class Planner:
         self.costs, self.batching = costs, batching
         self.paid: dict[str, float] = {}  # expert key -> extra seconds paid running it as rows
 
-    def plan(self, rows: list[Row], cached) -> list[tuple[str, list[Row]]]:
-        """[(mode, rows)] to decode one after another. `cached(expert)` says whether its merged weights are cached."""
+    @staticmethod
+    def groups(rows: list[Row]) -> list[list[Row]]:
+        """Rows grouped by weights, largest group first."""
         groups: dict[str | None, list[Row]] = {}
         for row in rows:
             groups.setdefault(row.key, []).append(row)
-        by_group = [("merged", g) for g in sorted(groups.values(), key=len, reverse=True)]
+        return sorted(groups.values(), key=len, reverse=True)
+
+    def by_groups(self, rows: list[Row], cached) -> bool:
+        """Whether one merged batch per expert, one after another, is cheaper than decoding all `rows` together.
+        `cached(expert)` says whether its merged weights are cached."""
+        groups = self.groups(rows)
+        if self.batching != "auto" or len(groups) == 1 or self.costs is None:
+            return self.batching == "groups"
         costs = self.costs
-        if self.batching == "groups" or (self.batching == "auto" and len(groups) == 1 and costs is None):
-            return by_group
-        if self.batching == "rows" or costs is None:
-            return [("rows", rows)]
-        steps = lambda g: max(r.max_tokens for r in g)
+        steps = lambda g: max(r.remaining for r in g)
         compose = lambda e: 0.0 if cached(e) else max(0.0, costs.compose - self.paid.get(e.key, 0.0))
-        merged = [steps(g) * costs.step("merged", len(g)) for _, g in by_group]
-        rowwise = steps(rows) * costs.step("rows", len(rows))
-        if rowwise >= sum(merged) + sum(compose(g[0].expert) for _, g in by_group):
-            return by_group
-        if len(by_group) == 1 and rows[0].expert is not None:
-            key = rows[0].key
-            self.paid[key] = self.paid.get(key, 0.0) + max(0.0, rowwise - merged[0])
-        return [("rows", rows)]
+        grouped = sum(steps(g) * costs.step("merged", len(g)) + compose(g[0].expert) for g in groups)
+        return grouped < steps(rows) * costs.step("rows", len(rows))
+
+    def mode(self, rows: list[Row], cached) -> str:
+        """`merged` or `rows` for one forward pass over `rows`."""
+        if len({r.key for r in rows}) > 1 or self.batching == "rows":
+            return "rows"
+        expert = rows[0].expert
+        if cached(expert) or self.costs is None:
+            return "merged"
+        extra = self.costs.step("rows", len(rows)) - self.costs.step("merged", len(rows))
+        self.paid[expert.key] = self.paid.get(expert.key, 0.0) + max(0.0, extra)
+        return "merged" if self.paid[expert.key] >= self.costs.compose else "rows"
 
 
 def measure_costs(svf, max_batch_size: int, pad_id: int, steps: int = 3, repeats: int = 2) -> Costs:

@@ -11,7 +11,7 @@ class ServeLimits:
     max_queue: int = 64  # requests waiting beyond that; more get 429
     max_prompt_tokens: int = 4096
     max_tokens: int = 512  # the most tokens one request may ask for (and the default for chat)
-    batch_window_s: float = 0.01  # how long a non-full batch waits for more requests
+    batch_window_s: float = 0.05  # how long a non-full batch waits for more requests before it starts
     shutdown_timeout_s: float = 30.0  # in-flight requests get this long to finish on shutdown
 
     def __post_init__(self):

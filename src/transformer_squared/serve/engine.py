@@ -1,33 +1,32 @@
 """The serving engine: a bounded request queue and one worker thread that owns the model.
 
-HTTP handlers `submit` Requests (full queue → `Busy`, closing → `Closed`) and await events on an asyncio queue
-that the worker feeds thread-safely (loop.call_soon_threadsafe):
+HTTP handlers `submit` Requests (full queue → `Busy`, closing → `Closed`) and await the events the worker sends
+back (see request.py). All model work happens on the worker thread, so nothing else ever sees the model with an
+expert applied.
 
-    ("start", info)   the request left the queue; info says which expert / mixture / selection answers it
-    ("delta", text)   new text (stop strings and incomplete UTF-8 characters are held back until resolved)
-    ("end", info)     finish_reason "stop" | "length", token counts
-    ("error", status, message, code)
-
-The worker takes up to `max_batch_size` queued requests at a time (waiting `batch_window_s` for more when the batch
-is not full), runs pass 1 for the `auto` ones (strategy.select on the whole group, with the model at base), plans
-the batch (batching.plan_batch) and decodes it (decode.decode_batch). All model work happens on this one thread,
-so nothing else ever sees the model with an expert applied. Static batching: requests that arrive while a batch
-runs wait for the next one.
+The worker loop (continuous batching):
+1. take queued requests, up to `max_batch_size` rows in flight (when idle, wait `batch_window_s` for more so that
+   requests arriving together start together);
+2. pass 1 for the `auto` ones: strategy.select on all of them at once, with the model at base (a running batch
+   leaves factored mode for it);
+3. admit them: they join the running batch (prefilled with their own weights), unless the planner finds that
+   decoding them one expert group after another is cheaper (batching.Planner.by_groups), in which case they wait
+   for the running batch to end and run as static groups;
+4. one decode step for every row, `merged` or `rows` as the planner says; finished rows leave at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import torch
 
 from .batching import Costs, Planner, measure_costs
-from .decode import Row, decode_batch
+from .decode import Batch, Row, decode_batch
+from .request import Request, TextStream
 
 log = logging.getLogger("transformer_squared.serve")
 
@@ -40,76 +39,9 @@ class Closed(Exception):
     """The server is shutting down (HTTP 503)."""
 
 
-class TextStream:
-    """Generated ids → text deltas. Stop strings cut the text; text that could still turn into a stop string, and a
-    trailing incomplete UTF-8 character, are held back until the next token resolves them."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
-        self.hold = max((len(s) for s in self.stop), default=1) - 1
-        self.text, self.sent = "", 0
-
-    def update(self, tokens: list[int], final: bool) -> tuple[str, bool]:
-        """(new text to send, whether a stop string was hit)."""
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        stopped = bool(cuts)
-        if stopped:
-            text, final = text[: min(cuts)], True
-        end = len(text) if final else len(text) - self.hold
-        if not final and text.endswith("\ufffd"):
-            end = min(end, len(text) - 1)
-        self.text = text
-        delta = text[self.sent : end] if end > self.sent else ""
-        self.sent = max(self.sent, end)
-        return delta, stopped
-
-
-@dataclass
-class Request:
-    """One completion to produce. `expert` is set for a named expert or mixture; `auto` leaves it to pass 1."""
-
-    prompt_ids: list[int]
-    max_tokens: int
-    prompt: object = ""  # the user's messages (chat) or text (completion): what an auto strategy reads
-    auto: bool = False
-    expert: object | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop | None = None
-    events: asyncio.Queue | None = None
-    cancelled: bool = False  # set by the HTTP side when the client went away
-    selection: dict | None = None  # filled by pass 1 for auto requests
-    text: TextStream | None = None  # filled by the engine
-
-    def bind(self) -> Request:
-        """Attach to the running event loop (call from the handler)."""
-        self.loop, self.events = asyncio.get_running_loop(), asyncio.Queue()
-        return self
-
-    def send(self, *event) -> None:
-        if self.loop is None:
-            return
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-    def answered_by(self) -> dict:
-        info = {"expert": self.expert.name if self.expert is not None else "base"}
-        alpha = getattr(getattr(self.expert, "meta", None), "alpha", None)
-        if alpha:
-            info["mixture"] = alpha
-        if self.selection is not None:
-            info["selection"] = self.selection
-        return info
-
-
 class Engine:
     def __init__(self, svf, registry=None, strategy=None, max_batch_size: int = 8, max_queue: int = 64,
-                 batching: str = "auto", costs: Costs | None = None, batch_window_s: float = 0.01):
+                 batching: str = "auto", costs: Costs | None = None, batch_window_s: float = 0.05):
         """`strategy`: a Strategy, a zero-argument builder rebuilt whenever the registry's experts change, or None
         (then `auto` is refused). `costs=None` with batching="auto" measures them at start-up."""
         self.svf, self.registry = svf, registry
@@ -127,8 +59,8 @@ class Engine:
         self._closing = False
         self._running: list[Request] = []
         self.ready = threading.Event()
-        self.served = {"requests": 0, "batches": 0, "tokens": 0, "rows_batches": 0, "merged_batches": 0,
-                       "largest_batch": 0}
+        self.served = {"requests": 0, "tokens": 0, "rows_steps": 0, "merged_steps": 0, "grouped_batches": 0,
+                       "largest_batch": 0, "joined": 0, "prefill_s": 0.0, "decode_s": 0.0}
         self._thread = threading.Thread(target=self._run, name="t2-serve-engine", daemon=True)
 
     # -- HTTP side ------------------------------------------------------------------------------------------------
@@ -145,7 +77,7 @@ class Engine:
             self._cond.notify()
 
     def close(self, cancel_running: bool = True, timeout: float | None = 30.0) -> None:
-        """Refuse new requests, cancel queued ones (503), cancel or finish the running batch, stop the worker."""
+        """Refuse new requests, cancel queued ones (503), cancel or finish the running ones, stop the worker."""
         with self._cond:
             self._closing = True
             queued, self._queue = list(self._queue), deque()
@@ -184,44 +116,121 @@ class Engine:
             self.strategy_error = self.strategy_error or f"start-up failed: {e}"
         finally:
             self.ready.set()
-        while (batch := self._take()) is not None:
+        batch: Batch | None = None
+        held: list[Row] = []  # admitted rows waiting for the running batch to end (grouping was cheaper)
+        while True:
+            if batch is not None and not batch.rows:
+                batch.release()
+                batch = None
+            if self._closing and batch is None and not held:
+                return
+            running = batch.rows if batch is not None else []
+            new: list[Row] = []
             try:
-                self._serve(batch)
-            except Exception as e:  # a bug must not kill the worker: fail this batch, keep serving
-                log.exception("batch failed")
-                for r in batch:
-                    r.send("error", 500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+                requests = self._take(wait=batch is None and not held,
+                                      limit=self.max_batch_size - len(running) - len(held))
+                new = held + self._prepare(requests, batch)
+                held = []
+                batch = self._admit(batch, new, held)
+                if batch is not None and batch.rows:
+                    mode = self.planner.mode(batch.rows, self.svf.cached)
+                    self.served[f"{mode}_steps"] += 1
+                    self.served["largest_batch"] = max(self.served["largest_batch"], len(batch.rows))
+                    t0 = time.perf_counter()
+                    batch.step(mode)
+                    self.served["decode_s"] += time.perf_counter() - t0
+            except Exception as e:  # a bug must not kill the worker: fail the rows involved, keep serving
+                log.exception("decoding failed")
+                for row in {id(r): r for r in [*running, *new, *held]}.values():
+                    if row.finish_reason is None:
+                        row.owner.send("error", 500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+                if batch is not None:
+                    batch.release()
+                batch, held = None, []
             finally:
-                self._restore_base()
+                self._restore_base(batch)
                 with self._cond:
-                    self._running = []
+                    self._running = [r.owner for r in [*(batch.rows if batch else []), *held]]
 
-    def _take(self) -> list[Request] | None:
+    def _take(self, wait: bool, limit: int) -> list[Request]:
+        """Up to `limit` queued requests; when `wait`, block for the first and give others the batch window."""
         with self._cond:
-            while not self._queue and not self._closing:
-                self._cond.wait()
-            if self._closing:
-                return None
-            deadline = time.monotonic() + self.batch_window_s
-            while len(self._queue) < self.max_batch_size and not self._closing:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            batch = []
-            while self._queue and len(batch) < self.max_batch_size:
+            if wait:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                deadline = time.monotonic() + self.batch_window_s
+                while len(self._queue) < limit and not self._closing:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            taken = []
+            while self._queue and len(taken) < limit:
                 r = self._queue.popleft()
                 if not r.cancelled:
-                    batch.append(r)
-            self._running = batch
-            return batch
+                    taken.append(r)
+            self._running += taken
+            return taken
 
-    def _restore_base(self) -> None:
-        if self.svf.factored_active:
-            raise RuntimeError("the model was left in factored mode")  # cannot happen: decode uses a with-block
+    def _prepare(self, requests: list[Request], batch: Batch | None) -> list[Row]:
+        """Pass 1 for auto requests, then one Row per request that can go on; each gets its "start" event."""
+        auto = [r for r in requests if r.auto]
+        if auto:
+            if batch is not None:
+                batch.release()  # strategies see the plain base model
+            ok = set(map(id, self._select(auto)))
+            requests = [r for r in requests if not r.auto or id(r) in ok]
+        rows = []
+        for r in requests:
+            generator = torch.Generator().manual_seed(r.seed) if r.seed is not None else None
+            r.text = TextStream(self.tokenizer, r.stop)
+            rows.append(Row(r.prompt_ids, r.max_tokens, r.expert, r.temperature, r.top_p, generator, owner=r))
+            r.send("start", r.answered_by())
+        return rows
+
+    def _admit(self, batch: Batch | None, rows: list[Row], held: list[Row]) -> Batch | None:
+        """Start or join the running batch with `rows`, run them as static groups, or hold them (into `held`)."""
+        rows = [r for r in rows if not self._cancel_if_asked(r)]
+        if not rows:
+            return batch
+        running = batch.rows if batch is not None else []
+        if self.planner.by_groups(running + rows, self.svf.cached) or (batch is not None and not batch.can_join):
+            if batch is None:
+                self._run_groups(rows)
+            else:
+                held += rows
+            return batch
+        if batch is not None and batch.rows:
+            self.served["joined"] += len(rows)  # rows that joined a batch already decoding
+        batch = batch if batch is not None else Batch(self.svf, self.pad_id, self.eos_ids, self._on_token)
+        t0 = time.perf_counter()
+        batch.add(rows, self.planner.mode(rows, self.svf.cached))
+        self.served["prefill_s"] += time.perf_counter() - t0
+        return batch
+
+    def _run_groups(self, rows: list[Row]) -> None:
+        """Static batches, one per expert, one after another (merged weights)."""
+        for group in self.planner.groups(rows):
+            self.served["grouped_batches"] += 1
+            self.served["largest_batch"] = max(self.served["largest_batch"], len(group))
+            stats = decode_batch(self.svf, group, "merged", self.pad_id, self.eos_ids, self._on_token)
+            self.served["merged_steps"] += stats.steps
+            self.served["prefill_s"] += stats.prefill_s
+            self.served["decode_s"] += stats.step_s
+
+    def _cancel_if_asked(self, row: Row) -> bool:
+        if row.owner.cancelled:
+            row.finish_reason = "cancelled"
+            row.owner.send("error", 503, "the request was cancelled (server shutting down)", "cancelled")
+        return row.owner.cancelled
+
+    def _restore_base(self, batch: Batch | None) -> None:
+        """Between steps the model is in the running batch's factored mode or at base, never merged."""
         if self.svf.active is not None:
             log.warning("an expert was left applied; restoring the base weights")
             self.svf.remove()
+        if batch is None and self.svf.factored_active:  # cannot happen: Batch.release restores it
+            log.error("the model was left in factored mode with no batch running")
 
     def _current_strategy(self):
         spec = self._strategy_spec
@@ -232,9 +241,9 @@ class Engine:
             self._strategy_version = version
             try:
                 self._strategy, self.strategy_error = spec(), None
-            except Exception as e:
+            except (ValueError, RuntimeError, ImportError, OSError, KeyError) as e:  # e.g. no routable expert yet
                 self._strategy, self.strategy_error = None, f"{type(e).__name__}: {e}"
-                log.exception("auto strategy unavailable: %s", self.strategy_error)
+                log.warning("model 'auto' is unavailable: %s", self.strategy_error)
         return self._strategy
 
     def _select(self, requests: list[Request]) -> list[Request]:
@@ -255,7 +264,7 @@ class Engine:
                 r.send("error", 500, f"self-adaptation (pass 1) failed: {type(e).__name__}: {e}", "internal_error")
             return []
         finally:
-            self._restore_base()
+            self._restore_base(None)
         ms = round((time.perf_counter() - t0) * 1000, 1)
         for r, s in zip(requests, selections):
             r.expert = s.expert
@@ -263,29 +272,9 @@ class Engine:
                            "pass1_ms": ms}
         return requests
 
-    def _serve(self, batch: list[Request]) -> None:
-        auto = [r for r in batch if r.auto]
-        ok = set(map(id, self._select(auto))) if auto else set()
-        batch = [r for r in batch if not r.auto or id(r) in ok]
-        rows = []
-        for r in batch:
-            generator = torch.Generator().manual_seed(r.seed) if r.seed is not None else None
-            r.text = TextStream(self.tokenizer, r.stop)
-            rows.append(Row(r.prompt_ids, r.max_tokens, r.expert, r.temperature, r.top_p, generator, owner=r))
-            r.send("start", r.answered_by())
-        plan = self.planner.plan(rows, self.svf.cached)
-        self.served["batches"] += 1
-        self.served["largest_batch"] = max(self.served["largest_batch"], len(rows))
-        for mode, group in plan:
-            self.served[f"{mode}_batches"] += 1
-            decode_batch(self.svf, group, mode, self.pad_id, self.eos_ids, self._on_token)
-        self.served["requests"] += len(rows)
-
     def _on_token(self, row: Row) -> None:
         r = row.owner
-        if r.cancelled:
-            row.finish_reason = "cancelled"
-            r.send("error", 503, "the request was cancelled: the server is shutting down", "cancelled")
+        if self._cancel_if_asked(row):
             return
         delta, stopped = r.text.update(row.tokens, final=row.finish_reason is not None)
         if stopped:
@@ -293,6 +282,7 @@ class Engine:
         if delta:
             r.send("delta", delta)
         if row.finish_reason is not None:
+            self.served["requests"] += 1
             self.served["tokens"] += len(row.tokens)
             r.send("end", {"finish_reason": row.finish_reason, "prompt_tokens": len(row.ids),
                            "completion_tokens": len(row.tokens)})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..experts import Expert, ExpertError, ExpertLibrary, check_name, mix
 
-RESERVED = ("auto", "base", "mixture")  # model names with a meaning of their own
+RESERVED = ("auto", "base", "mixture")  # model names with a meaning of their own (the base model's id is one too)
 
 
 class UnknownExpert(KeyError):
@@ -54,7 +54,8 @@ class ExpertRegistry:
     def rescan(self) -> None:
         """Bring the map in line with the library folder."""
         with self._lock:
-            on_disk = {n: self.library.root / n / "expert.json" for n in self.library.names() if n not in RESERVED}
+            reserved = {*RESERVED, self.svf.model_id}
+            on_disk = {n: self.library.root / n / "expert.json" for n in self.library.names() if n not in reserved}
             changed = False
             for name in list(self.experts) + list(self.rejected):
                 if name not in on_disk:
@@ -113,8 +114,8 @@ class ExpertRegistry:
         """Copy the expert folder at `path` into the library as `name` (checked first), or, without a path,
         load `name` from the library folder."""
         check_name(name)
-        if name in RESERVED:
-            raise ExpertError(f"{name!r} is reserved ({', '.join(RESERVED)}); choose another name")
+        if name in (*RESERVED, self.svf.model_id):
+            raise ExpertError(f"{name!r} is reserved ({', '.join((*RESERVED, self.svf.model_id))}); choose another name")
         with self._lock:
             if path is None:
                 self._stamps.pop(name, None)
