@@ -29,6 +29,7 @@ EXPERT_RUNS = {  # name -> TrainConfig fields; small enough for a first run with
 CLASSIFIER_RUN = {"objective": "sft", "steps": 8, "batch_size": 8, "lr": 3e-3, "valid_every": 8, "valid_n": 24}
 CEM_RUN = {"population": 12, "iterations": 4, "elite_ratio": 0.25, "fitness": "accuracy"}
 SHOTS = 8
+MAX_NEW_TOKENS = 10  # enough for every answer of the demo's tasks; the base model rambles until the limit
 
 
 def default_workdir() -> Path:
@@ -64,7 +65,7 @@ def _mark(score: float) -> str:
     return "ok" if score else "--"
 
 
-def run_demo(model: str = "default", workdir=None, n: int = 12, retrain: bool = False, out=sys.stdout) -> int:
+def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout) -> int:
     from ..experts import ExpertLibrary
     from ..svf import load_svf
     from ..tasks import get_task
@@ -102,14 +103,16 @@ def run_demo(model: str = "default", workdir=None, n: int = 12, retrain: bool = 
     reports = {}
     for name in ("base", "prompt", "classifier", "embedding"):
         strategy = build_strategy(name, svf, library)
-        reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes, progress=False)
+        reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes,
+                                          max_new_tokens=MAX_NEW_TOKENS)
     by_strategy = {name: r.records for name, r in reports.items()}
     log(f"  {'prompt':46} {'answer':>7}  " + "  ".join(f"{s:>20}" for s in by_strategy))
     for i, rec in enumerate(by_strategy["base"]):
         cells = [f"{by_strategy[s][i]['expert'][:15]:>15} {_mark(by_strategy[s][i]['score'])}" for s in by_strategy]
         log(f"  {rec['prompt'][:46]:46} {str(rec['answer'])[:7]:>7}  " + "  ".join(f"{c:>20}" for c in cells))
 
-    log(f"[4/4] few-shot CEM on {UNSEEN} from {SHOTS} training examples (mixing {', '.join(routes)} and the base)")
+    log(f"[4/4] few-shot CEM on {UNSEEN} from {SHOTS} training examples (mixing "
+        f"{', '.join(e.name for e in routes.values())} and the base)")
     unseen = get_task(UNSEEN)
     cem_name = f"cem-{UNSEEN}"
     if retrain or not _cached(library, cem_name, svf):
@@ -119,14 +122,15 @@ def run_demo(model: str = "default", workdir=None, n: int = 12, retrain: bool = 
     unseen_rows = {"base": reports["base"]}
     for expert in routes.values():
         unseen_rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n,
-                                                                  batch_size=32, progress=False)
+                                                                  batch_size=32, progress=False,
+                                                                  max_new_tokens=MAX_NEW_TOKENS)
     cem_expert = library.get(cem_name)
     unseen_rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n,
-                                                   batch_size=32, progress=False)
+                                                   batch_size=32, progress=False, max_new_tokens=MAX_NEW_TOKENS)
     alpha = {k: round(v, 2) for k, v in (cem_expert.meta.alpha or {}).items() if isinstance(v, float)}
 
-    log("\nResults (accuracy on the mixed set; dispatch = pass 1 picked the task's expert, or base for "
-        f"{UNSEEN}; overhead = pass-1 time / pass-2 time)")
+    log("\nResults (accuracy on the mixed set; dispatch = pass 1 picked the expert of the task's domain — "
+        f"arithmetic for {UNSEEN}; overhead = pass-1 time / pass-2 time)")
     log(f"  {'strategy':12} " + " ".join(f"{t:>12}" for t in DEMO_TASKS) + f" {'all':>6} {'dispatch':>9} {'overhead':>9}")
     for name, r in reports.items():
         cells = " ".join(f"{t.accuracy:>12.0%}" for t in r.tasks)

@@ -42,7 +42,7 @@ def strategy_options(args, task=None) -> dict:
 
 
 def register(sub) -> None:
-    from ..adapt.cem import CEMConfig
+    from ..adapt.config import CEMConfig
 
     p = sub.add_parser("adapt", help="few-shot adaptation: CEM over mixing weights of the library's experts",
                        description="Searches α so that z = Σ α·z_expert (+ the base) answers k examples of a task best; "
@@ -65,7 +65,7 @@ def register(sub) -> None:
                                    "unseen task with CEM, then answers a mixed set of prompts with every strategy.")
     p.add_argument("--model", default="default")
     p.add_argument("--workdir", default=None, help="experts and runs of the demo (default: $T2_CACHE/demo)")
-    p.add_argument("--n", type=int, default=12, help="prompts per task in the final comparison")
+    p.add_argument("--n", type=int, default=8, help="prompts per task in the final comparison")
     p.add_argument("--retrain", action="store_true", help="train the demo's experts again")
     p.set_defaults(func=demo_cmd)
 

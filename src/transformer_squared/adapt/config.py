@@ -1,0 +1,38 @@
+"""Settings of few-shot CEM (see cem.py), kept free of torch so that `t2 -h` stays instant."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FITNESSES = ("accuracy", "loglik")
+
+
+@dataclass
+class CEMConfig:
+    population: int = 32  # candidates per iteration
+    elite_ratio: float = 0.2  # fraction of the population the distribution is refitted to
+    iterations: int = 10  # CEM iterations (the reference allows up to 100)
+    alpha_min: float = 0.0  # lower bound of each α
+    alpha_max: float = 1.0  # upper bound of each α
+    init_std: float = 0.3  # initial std of each α (the mean starts at 1/#components)
+    per_matrix: bool = False  # one α per expert per matrix instead of one per expert
+    include_base: bool = True  # the base weights (z = 1) are a component too
+    fitness: str = "accuracy"  # accuracy (greedy answers, log-likelihood breaks ties) | loglik
+    max_new_tokens: int = 0  # accuracy fitness: 0 = the task's default
+    batch_rows: int = 64  # candidate×shot rows per forward pass
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.fitness not in FITNESSES:
+            raise ValueError(f"--fitness {self.fitness!r}: choose one of {', '.join(FITNESSES)}")
+        if self.population < 2 or self.iterations < 1 or self.batch_rows < 1:
+            raise ValueError("--population must be >= 2, --iterations and --batch-rows >= 1")
+        if not 0 < self.elite_ratio <= 1:
+            raise ValueError("--elite-ratio must be in (0, 1]")
+        if not self.alpha_min < self.alpha_max:
+            raise ValueError("--alpha-min must be below --alpha-max")
+
+    @property
+    def n_elite(self) -> int:
+        return max(1, math.ceil(self.population * self.elite_ratio))
