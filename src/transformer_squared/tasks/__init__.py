@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .antonyms import AntonymsTask
 from .arc import ArcChallengeTask, ArcTask, answer_distribution
-from .arithmetic import ArithmeticTask, SubtractionTask
+from .arithmetic import ArithmeticTask, SubtractionTask, ThreeDigitAdditionTask
 from .base import (
     REWARDS,
     TASKS,
@@ -33,7 +33,7 @@ from .rewards import (
 TASKS.update(
     {
         cls.name: cls
-        for cls in (ArithmeticTask, SubtractionTask, AntonymsTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, MBPPTask, HumanEvalTask, RewardTask)
+        for cls in (ArithmeticTask, SubtractionTask, ThreeDigitAdditionTask, AntonymsTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, MBPPTask, HumanEvalTask, RewardTask)
     }
 )
 
@@ -53,6 +53,7 @@ __all__ = [
     "RewardTask",
     "SubtractionTask",
     "Task",
+    "ThreeDigitAdditionTask",
     "answer_distribution",
     "boxed_answer",
     "extract_code",

@@ -74,3 +74,12 @@ class SubtractionTask(ArithmeticTask):
 
     def __init__(self, data: None = None, digits: int = 2):
         super().__init__(data, digits=digits, op="-")
+
+
+class ThreeDigitAdditionTask(ArithmeticTask):
+    """Three-digit addition: the demo's unseen task — the arithmetic expert only ever saw two-digit problems."""
+
+    name = "addition3"
+
+    def __init__(self, data: None = None):
+        super().__init__(data, digits=3, op="+")

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, generate
 
-DEFAULT_MAX_NEW_TOKENS = {"arithmetic": 16, "subtraction": 16, "antonyms": 12, "arc": 16, "arc_challenge": 16, "gsm8k": 256, "math": 384,
+DEFAULT_MAX_NEW_TOKENS = {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16, "arc_challenge": 16, "gsm8k": 256, "math": 384,
                           "mbpp": 384, "humaneval": 384}
 
 
