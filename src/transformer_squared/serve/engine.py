@@ -9,7 +9,7 @@ The worker loop (continuous batching):
    requests arriving together start together);
 2. pass 1 for the `auto` ones: strategy.select on all of them at once, with the model at base (a running batch
    leaves factored mode for it);
-3. admit them: they join the running batch (prefilled with their own weights), unless the planner finds that
+3. admit them: they join the running batch (prefilled per expert with its own weights), unless the planner finds that
    decoding them one expert group after another is cheaper (batching.Planner.by_groups), in which case they wait
    for the running batch to end and run as static groups;
 4. one decode step for every row, `merged` or `rows` as the planner says; finished rows leave at once.
@@ -204,7 +204,8 @@ class Engine:
             self.served["joined"] += len(rows)  # rows that joined a batch already decoding
         batch = batch if batch is not None else Batch(self.svf, self.pad_id, self.eos_ids, self._on_token)
         t0 = time.perf_counter()
-        batch.add(rows, self.planner.mode(rows, self.svf.cached))
+        for group in self.planner.groups(rows):  # prefill is compute-bound: per expert, merged when cached, is cheaper
+            batch.add(group, self.planner.mode(group, self.svf.cached))
         self.served["prefill_s"] += time.perf_counter() - t0
         return batch
 
