@@ -117,7 +117,7 @@ class Batch:
         self.last = []  # each row's last generated token (the next input)
         self.stats = DecodeStats()
         self._factored = self.layers = None
-        self._row_sigma_for: list[int] | None = None  # ids of the rows row_sigma was built for
+        self._row_sigma_for: list[Row] | None = None  # the rows row_sigma was built for, in order
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -156,13 +156,14 @@ class Batch:
                 layer.merged_weight, layer.row_sigma = weights[name], None
             self._row_sigma_for = None
             return
-        if self._row_sigma_for == [id(r) for r in rows]:
+        built = self._row_sigma_for
+        if built is not None and len(built) == len(rows) and all(a is b for a, b in zip(built, rows)):
             return  # already set for exactly these rows
         for name, layer in self.layers.items():
             layer.merged_weight = None
             layer.row_sigma = torch.stack([layer.S if r.expert is None else sigma(
                 r.expert.z[name], layer.S, r.expert.parametrization, r.expert.max_mult) for r in rows])  # (B, r)
-        self._row_sigma_for = [id(r) for r in rows]
+        self._row_sigma_for = list(rows)
 
     # -- decoding ---------------------------------------------------------------------------------------------
     @property
