@@ -68,7 +68,7 @@ def dispatch(svf, library: ExpertLibrary, data: Path, n: int) -> None:
 
 def unseen(svf, library: ExpertLibrary, data: Path, n: int, shots: int, cem: CEMConfig) -> None:
     routes = answer_experts(library)
-    tasks = [get_task("subtraction"), get_task("arc", data / "arc_easy")]
+    tasks = [get_task("addition3"), get_task("subtraction"), get_task("arc", data / "arc_easy")]
     print(f"experts: {', '.join(e.name for e in routes.values())}; unseen tasks: {', '.join(t.name for t in tasks)}; "
           f"n={n}; CEM {shots} shots, population {cem.population}, iterations {cem.iterations}, {cem.fitness}")
     rows = {"base": lambda t: FixedStrategy(None)}
