@@ -77,13 +77,14 @@ UNRELATED = ["Tell me a story about a dragon.", "Hello there"]
 def char_tokenizer():
     """Character-level fast tokenizer over the tiny model's 128 ids: <pad>, <eos>, <unk>, printable ASCII, fillers;
     left padding (as models.load_model sets it) and no chat template (prompts are sent as plain text)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     symbols = ["<pad>", "<eos>", "<unk>", *string.printable[:95]]
     symbols += [f"<x{i}>" for i in range(128 - len(symbols))]
     tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()  # decode joins characters back without spaces ("42", not "4 2")
     out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     out.padding_side = "left"
     return out
@@ -334,7 +335,10 @@ def test_pass_1_routes_parsed_labels_with_the_right_weights(tsvf, routes, snapsh
     [(active, texts, config)] = seen  # one batch
     assert active == (None if kind == "prompt" else classifier.key)
     assert texts == [classification_prompt(question_of(p), strategy.labels) for p in prompts]
-    assert config.max_new_tokens == classify_module.PASS1_MAX_NEW_TOKENS
+    # room for the longest boxed label (here "\\boxed{arithmetic}") plus 4 tokens, computed with the model's tokenizer
+    longest = max(len(tsvf.tokenizer(f"\\boxed{{{label}}}", add_special_tokens=False)["input_ids"])
+                  for label in ["arithmetic", "language", OTHER])
+    assert config.max_new_tokens == longest + 4
     snapshot.check()
 
 
@@ -603,16 +607,17 @@ def test_evaluate_strategy_reports_accuracy_and_dispatch_per_task(tsvf, routes, 
 
 
 def answer_when(svf, expert):
-    """A stand-in for pass-2 generation: the right number for arithmetic prompts when `expert` is applied, else
-    "no"; records (active key, prompts, config)."""
+    """A stand-in for pass-2 generation (`generate_ids` on chat texts): the token ids of the right number for
+    arithmetic prompts when `expert` is applied, else of "no"; records (active key, texts, config)."""
     calls = []
 
-    def fake(model, tokenizer, prompts, config=None, system=None):
-        calls.append((svf.active, list(prompts), config))
+    def fake(model, tokenizer, texts, config=None):
+        calls.append((svf.active, list(texts), config))
         out = []
-        for p in prompts:
-            a, op, b = re.match(r"What is (\d+) ([-+]) (\d+)\?", p).groups()
-            out.append(str(int(a) + int(b) if op == "+" else int(a) - int(b)) if svf.active == expert.key else "no")
+        for text in texts:
+            a, op, b = re.search(r"What is (\d+) ([-+]) (\d+)\?", text).groups()
+            answer = str(int(a) + int(b) if op == "+" else int(a) - int(b)) if svf.active == expert.key else "no"
+            out.append(torch.tensor(tokenizer(answer, add_special_tokens=False)["input_ids"]))
         return out
 
     fake.calls = calls
@@ -622,14 +627,14 @@ def answer_when(svf, expert):
 def test_evaluate_strategy_answers_with_the_selected_expert(tsvf, routes, monkeypatch, snapshot):
     math_expert = routes["arithmetic"]
     fake = answer_when(tsvf, math_expert)
-    monkeypatch.setattr(engine, "generate", fake)
+    monkeypatch.setattr(engine, "generate_ids", fake)
     tasks = [ArithmeticTask(), SubtractionTask()]
     report = evaluate_strategy(tsvf, tasks, KeywordStrategy(routes), n=4, batch_size=3, routes=routes, progress=False)
     # '+' prompts went to math and were answered right; '-' prompts went to the base (keyword: other)
     assert [t.accuracy for t in report.tasks] == [1.0, 0.0]
     assert [t.dispatch_accuracy for t in report.tasks] == [1.0, 0.0]
     assert {c[2].max_new_tokens for c in fake.calls} == {16} and {c[2].batch_size for c in fake.calls} == {3}
-    assert len(fake.calls) == 2  # one group per (expert, task)
+    assert len(fake.calls) == 2  # one batch per expert (math, base), whatever the tasks
 
     fixed = evaluate_strategy(tsvf, tasks, FixedStrategy(math_expert), n=4, routes=routes, progress=False)
     assert [t.accuracy for t in fixed.tasks] == [1.0, 1.0]
@@ -974,3 +979,27 @@ def test_few_shot_strategy_leaves_an_applied_expert_in_place(tsvf, experts):
     with tsvf.applied(experts[0]):
         strategy.select(tsvf, ["a"])
         assert tsvf.active == experts[0].key, "the applied expert was removed by pass 1"
+
+
+def test_one_batch_per_expert_across_tasks_each_answer_cut_to_its_task_budget(tsvf, monkeypatch):
+    """Pass 2 batches prompts of different tasks together (one generate call per expert) and cuts every answer to
+    its own task's token budget: arithmetic 16, addition3 20 (training/evaluate.py)."""
+    from transformer_squared.tasks import get_task
+
+    calls, outputs = [], []
+    real = engine.generate_ids
+
+    def recording(model, tokenizer, texts, config):
+        calls.append(config.max_new_tokens)
+        outputs.extend(real(model, tokenizer, texts, config))
+        return outputs
+
+    monkeypatch.setattr(engine, "generate_ids", recording)
+    tasks = [ArithmeticTask(), get_task("addition3")]
+    report = evaluate_strategy(tsvf, tasks, FixedStrategy(None), n=2, progress=False)
+    assert calls == [20]  # one batch for the base weights, decoded to the larger budget
+    budgets = [16, 16, 20, 20]  # pool order: the arithmetic prompts, then the addition3 ones
+    assert [r["task"] for r in report.records] == ["arithmetic"] * 2 + ["addition3"] * 2
+    for record, ids, budget in zip(report.records, outputs, budgets):
+        assert record["completion"] == tsvf.tokenizer.decode(ids[:budget], skip_special_tokens=True)
+    assert any(len(ids) > 16 for ids in outputs[:2])  # the cut matters: the random model rambles past 16

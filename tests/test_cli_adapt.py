@@ -239,13 +239,13 @@ def test_eval_with_a_strategy_honours_max_new_tokens(tiny_folder, one_thread, tm
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))
     configs = []
-    real = engine.generate
+    real = engine.generate_ids
 
-    def recording(model, tokenizer, prompts, config=None, system=None):
+    def recording(model, tokenizer, texts, config):
         configs.append(config)
-        return real(model, tokenizer, prompts, config, system=system)
+        return real(model, tokenizer, texts, config)
 
-    monkeypatch.setattr(engine, "generate", recording)
+    monkeypatch.setattr(engine, "generate_ids", recording)
     assert main(["eval", "--model", str(tiny_folder), "--library", str(tmp_path / "lib"), "--strategy", "base",
                  "--tasks", "arithmetic", "--n", "1", "--max-new-tokens", "3"]) == 0
     assert [c.max_new_tokens for c in configs] == [3]

@@ -67,7 +67,10 @@ class PromptStrategy:
 
     def classify(self, svf, prompts: list) -> list[str]:
         texts = [classification_prompt(question_of(p), self.labels) for p in prompts]
-        config = GenerationConfig(max_new_tokens=PASS1_MAX_NEW_TOKENS, batch_size=self.batch_size)
+        # room for the longest "\boxed{label}" and a few tokens around it; a longer reply is unparsable anyway
+        longest = max(len(svf.tokenizer(f"\\boxed{{{label}}}", add_special_tokens=False)["input_ids"])
+                      for label in [*self.labels, OTHER])
+        config = GenerationConfig(max_new_tokens=longest + 4, batch_size=self.batch_size)
         with svf.applied(self.classifier):  # None = base; whatever was applied comes back afterwards
             replies = generate(svf.model, svf.tokenizer, texts, config)
         return [parse_label(r, self.labels) for r in replies]

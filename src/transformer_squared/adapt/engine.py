@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from ..generation import GenerationConfig, generate
+from ..generation import GenerationConfig, chat_text, generate, generate_ids
 from .strategy import OTHER, Selection
 
 
@@ -46,10 +46,11 @@ class FixedStrategy:
         return [Selection(self.label, self.expert) for _ in prompts]
 
 
-def _groups(selections: list[Selection], extra: list | None = None) -> dict:
+def _groups(selections: list[Selection]) -> dict:
+    """{weights key: prompt indices}: the prompts that can share one merged-weights batch."""
     groups: dict = defaultdict(list)
     for i, s in enumerate(selections):
-        groups[(s.key, extra[i] if extra else None)].append(i)
+        groups[s.key].append(i)
     return groups
 
 
@@ -144,16 +145,19 @@ def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str
         texts = [""] * len(pool)
         pass2 = 0.0
         bar = tqdm(total=len(pool), desc=f"answer ({name})", unit="ex", disable=not progress)
-        for idx in _groups(selections, [t.name for t, _ in pool]).values():
-            task = pool[idx[0]][0]
-            config = GenerationConfig(max_new_tokens=max_new_tokens or default_max_new_tokens(task),
-                                      batch_size=batch_size)
+        budget = [max_new_tokens or default_max_new_tokens(t) for t, _ in pool]
+        for idx in _groups(selections).values():
+            # one batch per expert across tasks: generate to the largest budget, then cut each answer to its own
+            # task's budget (greedy tokens do not depend on how far decoding goes on)
+            config = GenerationConfig(max_new_tokens=max(budget[i] for i in idx), batch_size=batch_size)
             t1 = time.perf_counter()
             with svf.applied(selections[idx[0]].expert):
-                out = generate(svf.model, svf.tokenizer, [prompts[i] for i in idx], config)
+                ids = generate_ids(svf.model, svf.tokenizer, [chat_text(svf.tokenizer, prompts[i]) for i in idx],
+                                   config)
             pass2 += time.perf_counter() - t1
-            for i, text in zip(idx, out):
-                texts[i], scores[i] = text, task.score(text, pool[i][1])
+            for i, row in zip(idx, ids):
+                texts[i] = svf.tokenizer.decode(row[: budget[i]], skip_special_tokens=True)
+                scores[i] = pool[i][0].score(texts[i], pool[i][1])
             bar.update(len(idx))
         bar.close()
     has_pass1 = not isinstance(strategy, FixedStrategy) and not per_task
