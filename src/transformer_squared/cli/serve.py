@@ -77,6 +77,26 @@ def serve_cmd(args: argparse.Namespace) -> int:
     options = {k: v for k, v in strategy_options(args).items() if v is not None}
     app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
                      limits=limits, batching=args.batching)
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=int(args.shutdown_timeout) or None,
-                log_level="info")
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                            timeout_graceful_shutdown=int(args.shutdown_timeout) or None)
+    _graceful_server(uvicorn, config).run()
     return 0
+
+
+def _graceful_server(uvicorn, config):
+    """uvicorn's server, but Ctrl-C / SIGTERM only trigger its graceful shutdown: uvicorn re-raises the signal once
+    shut down, which cancels the app's lifespan task and logs a CancelledError traceback on every clean stop."""
+    import contextlib
+    import signal
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+    return GracefulServer(config)
