@@ -175,16 +175,8 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     print(f"{strategy_name}: all {report.accuracy:.1%}" + ("" if dispatch is None else f", dispatch {dispatch:.1%}")
           + f"; pass 1 {report.pass1_s:.1f} s, pass 2 {report.pass2_s:.1f} s (overhead {report.overhead:.2f}x)")
     if args.out:
-        import json
+        from ..training.evaluate import write_results
 
-        from ..atomic import atomic_file
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        label = args.label or f"{'+'.join(names)}_{strategy_name}"
-        for path, text in ((out / f"{label}.json", json.dumps(report.to_dict(), indent=2) + "\n"),
-                           (out / f"{label}.jsonl", "".join(json.dumps(r) + "\n" for r in report.records))):
-            with atomic_file(path) as tmp:
-                tmp.write_text(text)
-        print(f"wrote {out / label}.json and .jsonl")
+        path = write_results(report, args.out, args.label or f"{'+'.join(names)}_{strategy_name}")
+        print(f"wrote {path} and {path.with_suffix('.jsonl')}")
     return 0

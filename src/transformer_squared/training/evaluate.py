@@ -83,8 +83,9 @@ def evaluate(model, tokenizer, task, split: str = "test", n: int | None = None, 
                       wilson_interval(correct, len(examples)), answers, records)
 
 
-def write_results(result: EvalResult, out: str | os.PathLike, label: str) -> Path:
-    """`<out>/<label>.json` (summary) and `<out>/<label>.jsonl` (one line per sample), written atomically."""
+def write_results(result, out: str | os.PathLike, label: str) -> Path:
+    """`<out>/<label>.json` (summary) and `<out>/<label>.jsonl` (one line per sample), written atomically.
+    `result` is anything with `to_dict()` and `records`: an EvalResult, or adapt's StrategyReport."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for path, text in ((out / f"{label}.json", json.dumps(result.to_dict(), indent=2) + "\n"),
