@@ -22,10 +22,8 @@ from transformer_squared.adapt.cem import (
 )
 from transformer_squared.adapt.routes import answer_experts
 from transformer_squared.experts import Expert, ExpertLibrary
-from transformer_squared.generation import GenerationConfig, generate_ids
 from transformer_squared.svf import load_svf
 from transformer_squared.tasks import get_task
-from transformer_squared.training.rollout import teacher_forced, token_logprobs
 
 
 class NaivePopulation(Population):
@@ -39,15 +37,8 @@ class NaivePopulation(Population):
             z = {n: (a[:, m] if self.config.per_matrix else a) @ self.Z[n] for m, n in enumerate(svf.names)}
             expert = Expert.for_model(svf, z, self.parametrization, self.max_mult)
             with svf.applied(expert, cache=False):  # validate + compose 90 W' from z + write
-                rollout = teacher_forced(svf.tokenizer, [e["prompt"] for e in self.shots],
-                                         [str(e["reference"]) for e in self.shots])
-                lp = token_logprobs(svf.model, rollout)
-                loglik[c] = (lp.sum(1) / rollout.completion_mask.sum(1).clamp(min=1)).sum()
-                if self.config.fitness == "accuracy":
-                    ids = generate_ids(svf.model, svf.tokenizer, self.texts,
-                                       GenerationConfig(max_new_tokens=self.max_new, batch_size=k))
-                    for i, row in enumerate(ids):
-                        correct[c] += self.task.score(svf.tokenizer.decode(row, skip_special_tokens=True), self.shots[i])
+                ll, right = self.score_shots(list(range(k)))
+            loglik[c], correct[c] = ll.sum(), right.sum()
         return correct / k, loglik / k
 
 

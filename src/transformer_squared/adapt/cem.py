@@ -105,22 +105,30 @@ class Population:
                     cands = torch.tensor([c for c, _ in chunk])
                     for n, layer in layers.items():
                         layer.row_sigma = sig[n][cands]  # (B, r)
-                    examples = [self.shots[i] for _, i in chunk]
-                    rollout = teacher_forced(svf.tokenizer, [e["prompt"] for e in examples],
-                                             [str(e["reference"]) for e in examples])
-                    lp = token_logprobs(svf.model, rollout)  # (B, C)
-                    ll = lp.sum(1) / rollout.completion_mask.sum(1).clamp(min=1)
-                    loglik.index_add_(0, cands, ll.float())
-                    if self.config.fitness == "accuracy":
-                        config = GenerationConfig(max_new_tokens=self.max_new, batch_size=len(chunk))
-                        ids = generate_ids(svf.model, svf.tokenizer, [self.texts[i] for _, i in chunk], config)
-                        for (c, i), row in zip(chunk, ids):
-                            text = svf.tokenizer.decode(row, skip_special_tokens=True)
-                            correct[c] += self.task.score(text, self.shots[i])
+                    ll, right = self.score_shots([i for _, i in chunk])
+                    loglik.index_add_(0, cands, ll)
+                    correct.index_add_(0, cands, right)
             finally:
                 for layer in layers.values():
                     layer.row_sigma = None
         return correct / k, loglik / k
+
+
+    @torch.no_grad()
+    def score_shots(self, shots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row, with the model's current weights: (mean log-likelihood of the shot's reference answer, 1.0 if
+        its greedy answer is right — 0 everywhere for the loglik fitness). Two (B,) tensors."""
+        svf, examples = self.svf, [self.shots[i] for i in shots]
+        rollout = teacher_forced(svf.tokenizer, [e["prompt"] for e in examples], [str(e["reference"]) for e in examples])
+        lp = token_logprobs(svf.model, rollout)  # (B, C)
+        loglik = (lp.sum(1) / rollout.completion_mask.sum(1).clamp(min=1)).float()
+        correct = torch.zeros(len(shots))
+        if self.config.fitness == "accuracy":
+            config = GenerationConfig(max_new_tokens=self.max_new, batch_size=len(shots))
+            ids = generate_ids(svf.model, svf.tokenizer, [self.texts[i] for i in shots], config)
+            for j, (e, row) in enumerate(zip(examples, ids)):
+                correct[j] = self.task.score(svf.tokenizer.decode(row, skip_special_tokens=True), e)
+        return loglik, correct
 
 
 def _default_max_new(task) -> int:
