@@ -36,6 +36,30 @@ def check_strategy_inputs(args, library) -> None:
         shared_encoder(args.encoder)
 
 
+def strategy_library(args, strategy: str):
+    """The library and its routes {domain: expert}; refused when a strategy has no expert to route to."""
+    from ..adapt.routes import answer_experts
+    from ..experts import ExpertLibrary
+
+    library = ExpertLibrary(args.library)
+    routes = answer_experts(library)
+    if not routes and strategy != "base":
+        raise ValueError(f"no expert with a domain label in {library.root}; train some first (t2 train), "
+                         "or pass --library")
+    return library, routes
+
+
+def load_strategy_model(args, library, routes):
+    """The model the routed experts were made for (or --model), after the strategy's own inputs are checked."""
+    from ..svf import load_svf
+
+    check_strategy_inputs(args, library)
+    first = next(iter(routes.values()), None)
+    model = args.model or (first.meta.base_model if first is not None and first.meta.base_model else "default")
+    targets = getattr(args, "targets", None) or (first.meta.targets if first is not None else "mlp")
+    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None))
+
+
 def strategy_options(args, task=None) -> dict:
     return {"classifier": args.classifier, "encoder": args.encoder, "threshold": args.threshold,
             "task": task, "shots": args.shots}

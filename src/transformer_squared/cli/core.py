@@ -134,15 +134,11 @@ def _generate_adaptive(args, config) -> int:
     """Two passes: the strategy picks an expert per prompt, then that expert answers."""
     from ..adapt import build_strategy
     from ..adapt.engine import generate_adaptive
-    from ..adapt.routes import answer_experts
-    from .adapt import check_strategy_inputs, strategy_options
+    from .adapt import load_strategy_model, strategy_library, strategy_options
 
     if args.expert:
         raise ValueError("pass --expert or --strategy, not both")
-    lib = _library(args)
-    routes = answer_experts(lib)
-    if not routes and args.strategy != "base":
-        raise ValueError(f"no expert with a domain label in {lib.root}; train some first (t2 train), or pass --library")
+    lib, routes = strategy_library(args, args.strategy)
     task = None
     if args.strategy == "cem":
         if not args.task:
@@ -150,9 +146,7 @@ def _generate_adaptive(args, config) -> int:
         from ..tasks import get_task
 
         task = get_task(args.task, args.data)
-    check_strategy_inputs(args, lib)
-    first = next(iter(routes.values()), None)
-    svf = _svf(args, args.targets or (first.meta.targets if first else "mlp"), first)
+    svf = load_strategy_model(args, lib, routes)
     strategy = build_strategy(args.strategy, svf, lib, **strategy_options(args, task))
     for answer in generate_adaptive(svf, args.prompt, strategy, config, system=args.system):
         if len(args.prompt) > 1:

@@ -134,11 +134,8 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     """A mixed pool of several tasks answered with two-pass self-adaptation (the paper's Table 2 setting)."""
     from ..adapt import build_strategy
     from ..adapt.engine import evaluate_strategy
-    from ..adapt.routes import answer_experts
-    from ..experts import ExpertLibrary
-    from ..svf import load_svf
     from ..tasks import get_task
-    from .adapt import check_strategy_inputs, strategy_options
+    from .adapt import load_strategy_model, strategy_library, strategy_options
 
     if args.expert or args.lora:
         raise ValueError("--strategy picks experts itself: drop --expert/--lora")
@@ -152,14 +149,8 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
         tasks = [get_task(n, _task_data(n, args.data_dir)) for n in names]
     for task in tasks:
         task.examples(args.split)  # fail on data problems before loading a model
-    lib = ExpertLibrary(args.library)
-    routes = answer_experts(lib)
-    if not routes and strategy_name != "base":
-        raise ValueError(f"no expert with a domain label in {lib.root}; train some first, or pass --library")
-    check_strategy_inputs(args, lib)
-    first = next(iter(routes.values()), None)
-    svf = load_svf(args.model or (first.meta.base_model if first else "default"),
-                   targets=first.meta.targets if first else "mlp")
+    lib, routes = strategy_library(args, strategy_name)
+    svf = load_strategy_model(args, lib, routes)
     if strategy_name == "cem":
         def strategy(task):
             return build_strategy("cem", svf, lib, **strategy_options(args, task))
