@@ -171,3 +171,30 @@ def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+def char_tokenizer():
+    """Character-level fast tokenizer over the tiny model's 128 ids: <pad>, <eos>, <unk>, printable ASCII, fillers;
+    left padding (as models.load_model sets it) and no chat template (prompts are sent as plain text)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = ["<pad>", "<eos>", "<unk>", *string.printable[:95]]
+    symbols += [f"<x{i}>" for i in range(128 - len(symbols))]
+    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()  # decode joins characters back without spaces ("42", not "4 2")
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    out.padding_side = "left"
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A tiny Llama + the character-level tokenizer saved in Hugging Face layout; `--model FOLDER` loads it."""
+    folder = tmp_path_factory.mktemp("tiny-llama-char")
+    build_tiny_model("llama").save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import string
 
 import pytest
 import torch
-from conftest import noisy_z
+from conftest import char_tokenizer, noisy_z
 
 from transformer_squared.adapt import (
     OTHER,
@@ -72,22 +71,6 @@ NOISE = 0.3
 ARITHMETIC = [e["prompt"] for e in ArithmeticTask().examples("test")[:10]]
 ANTONYMS = [e["prompt"] for e in AntonymsTask().examples("test")[:10]]
 UNRELATED = ["Tell me a story about a dragon.", "Hello there"]
-
-
-def char_tokenizer():
-    """Character-level fast tokenizer over the tiny model's 128 ids: <pad>, <eos>, <unk>, printable ASCII, fillers;
-    left padding (as models.load_model sets it) and no chat template (prompts are sent as plain text)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    symbols = ["<pad>", "<eos>", "<unk>", *string.printable[:95]]
-    symbols += [f"<x{i}>" for i in range(128 - len(symbols))]
-    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok.decoder = decoders.Fuse()  # decode joins characters back without spaces ("42", not "4 2")
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    out.padding_side = "left"
-    return out
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import subprocess
 import sys
 
@@ -155,29 +154,6 @@ def test_errors_exit_2_with_a_message_before_loading_any_model(case, library, mo
 
 
 # -- end to end on a tiny model folder ---------------------------------------------------------------------------
-
-def char_tokenizer():
-    """A character-level fast tokenizer over 128 ids (3 specials, printable ASCII, fillers)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    symbols = ["<pad>", "<eos>", "<unk>", *string.printable[:95]]
-    symbols += [f"<x{i}>" for i in range(128 - len(symbols))]
-    tok = Tokenizer(models.WordLevel({s: i for i, s in enumerate(symbols)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny Llama + tokenizer saved in Hugging Face layout; `--model FOLDER` loads it."""
-    from conftest import build_tiny_model
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    build_tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
 
 def test_decompose_init_generate_export(tiny_folder, one_thread, tmp_path, capsys, input_ids):
     import torch

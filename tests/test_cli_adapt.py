@@ -168,18 +168,6 @@ def test_an_unusable_encoder_is_a_one_line_error(libraries, monkeypatch, capsys)
 
 # -- end to end on a tiny model folder -------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """A tiny Llama + a character-level tokenizer saved in Hugging Face layout; `--model FOLDER` loads it."""
-    from conftest import build_tiny_model
-    from test_adapt import char_tokenizer
-
-    folder = tmp_path_factory.mktemp("tiny-llama-adapt")
-    build_tiny_model("llama").save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, one_thread, tmp_path, monkeypatch,
                                                                  capsys):
     import json
