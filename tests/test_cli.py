@@ -20,7 +20,7 @@ HELP = {
     ("decompose",): ["--model", "--targets", "--cache-dir", "--force"],
     ("generate",): ["--model", "--targets", "--cache-dir", "--library", "--expert", "--system", "--max-new-tokens",
                     "--temperature", "--top-p", "prompt"],
-    ("experts",): ["--library", "list", "show", "mix", "rm", "init"],
+    ("experts",): ["--library", "list", "show", "rank", "stats", "mix", "rm", "init"],
     ("experts", "list"): ["t2 experts list"],
     ("experts", "show"): ["name"],
     ("experts", "mix"): ["NAME=WEIGHT", "--out", "--overwrite"],
@@ -97,7 +97,9 @@ def test_experts_show(library, capsys):
     import torch
 
     z = torch.cat(list(library.get("math").z.values()))
-    assert stats.strip() == (f"z: 384 values over 6 matrices; mean {z.mean():.4f} std {z.std():.4f} "
+    z_line, records_line = stats.strip().splitlines()
+    assert records_line.startswith("records: none")
+    assert z_line == (f"z: 384 values over 6 matrices; mean {z.mean():.4f} std {z.std():.4f} "
                              f"min {z.min():.4f} max {z.max():.4f}")
 
 

@@ -40,8 +40,11 @@ def build_strategy(name: str, svf, library, **options) -> Strategy:
         from .embedding import DEFAULT_THRESHOLD, EmbeddingStrategy, shared_encoder
 
         threshold = options.get("threshold")
+        from ..experts.memory import ExpertMemory
+
         return EmbeddingStrategy(routes, shared_encoder(options.get("encoder")),
-                                 DEFAULT_THRESHOLD if threshold is None else threshold)
+                                 DEFAULT_THRESHOLD if threshold is None else threshold,
+                                 memory=ExpertMemory(library.root))
     from .cem import FewShotStrategy
 
     if options.get("task") is None:

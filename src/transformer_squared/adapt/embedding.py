@@ -5,6 +5,11 @@ encoder folder or hub id works) embeds the prompt; each routed expert is represe
 embeddings of prompts from its training task (its description when the task is unknown). The nearest centroid by
 cosine similarity wins, unless its similarity is below `threshold`: then "other", i.e. the base weights.
 Encoding is mean pooling over tokens followed by L2 normalisation, as sentence-transformers does for this model.
+
+Ambiguity and the expert memory: when other centroids are within `margin` (cosine) of the nearest one, the choice
+is ambiguous; then, among the experts of those centroids, the one with the best recorded result (experts/memory.py)
+on the nearest centroid's task — the task its expert was trained on — answers, under the nearest centroid's label.
+Without a counted record on that task, the nearest centroid wins as usual.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from functools import lru_cache
 
 import torch
 
-from .routes import expert_prompts, question_of
+from .routes import expert_prompts, question_of, training_task
 from .strategy import OTHER, Selection
 
 DEFAULT_THRESHOLD = 0.3  # cosine similarity below which a prompt matches no expert
+AMBIGUOUS_MARGIN = 0.05  # centroids closer than this (cosine) to the nearest one make the choice ambiguous
 
 
 def default_encoder_path() -> str:
@@ -64,10 +70,11 @@ class EmbeddingStrategy:
     name = "embedding"
 
     def __init__(self, routes: dict, encoder: SentenceEncoder | None = None, threshold: float = DEFAULT_THRESHOLD,
-                 examples_per_expert: int = 64):
+                 examples_per_expert: int = 64, memory=None, margin: float = AMBIGUOUS_MARGIN):
         if not routes:
             raise ValueError("the library has no expert with a domain label to route to; train one first (t2 train)")
         self.routes, self.threshold = routes, threshold
+        self.memory, self.margin = memory, margin  # an ExpertMemory, or None: nearest centroid always wins
         self.encoder = encoder or shared_encoder()
         self.labels = list(routes)
         centroids = []
@@ -83,6 +90,19 @@ class EmbeddingStrategy:
     def select(self, svf, prompts: list) -> list[Selection]:
         if not prompts:
             return []
-        best, index = self.similarities(prompts).max(dim=1)
-        labels = [self.labels[i] if s >= self.threshold else OTHER for s, i in zip(best.tolist(), index.tolist())]
-        return [Selection(label, self.routes.get(label)) for label in labels]
+        return [self._choose(row) for row in self.similarities(prompts)]
+
+    def _choose(self, sims: torch.Tensor) -> Selection:
+        """sims: (experts,) similarities of one prompt."""
+        best = int(sims.argmax())
+        if float(sims[best]) < self.threshold:
+            return Selection(OTHER, None)
+        label = self.labels[best]
+        close = [i for i in range(len(self.labels)) if float(sims[best] - sims[i]) < self.margin]
+        if self.memory is not None and len(close) > 1:
+            task = training_task(self.routes[label])
+            if task is not None:
+                chosen = self.memory.best_for(task[0], [self.routes[self.labels[i]] for i in close])
+                if chosen is not None:
+                    return Selection(label, chosen)
+        return Selection(label, self.routes[label])

@@ -56,6 +56,12 @@ def register(sub) -> None:
     q = esub.add_parser("show", help="metadata and z statistics of one expert")
     q.add_argument("name")
     q.set_defaults(func=experts_show)
+    q = esub.add_parser("rank", help="experts ordered by their recorded results on a task (expert memory)")
+    q.add_argument("--task", required=True, help="task name as recorded by t2 eval / t2 train (e.g. arc)")
+    q.set_defaults(func=experts_rank)
+    q = esub.add_parser("stats", help="delta similarity and norms per layer, usage counts, recorded results")
+    q.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
+    q.set_defaults(func=experts_stats)
     q = esub.add_parser("mix", help="z = Σ w·z over experts, saved as a new expert")
     q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT")
     q.add_argument("--out", required=True, help="name of the new expert")
@@ -180,6 +186,40 @@ def experts_show(args) -> int:
     z = torch.cat(list(expert.z.values()))
     print(f"z: {z.numel():,} values over {len(expert.z)} matrices; mean {z.mean():.4f} std {z.std():.4f} "
           f"min {z.min():.4f} max {z.max():.4f}")
+    from ..experts.memory import ExpertMemory
+
+    records = ExpertMemory(lib.root).results(expert)
+    print(f"records ({len(records)}):" if records else "records: none (t2 eval --expert NAME records one)")
+    for r in records:
+        lo, hi = r.get("ci95", (0, 0))
+        print(f"  {r['date']}  {r['task']}/{r['split']}: {r['accuracy']:.1%} [{lo:.1%}, {hi:.1%}] (n={r['n']}) "
+              f"by {r.get('source', '?')}")
+    return 0
+
+
+def experts_rank(args) -> int:
+    from ..experts.memory import ExpertMemory
+
+    lib = _library(args)
+    ranked = [(e, s) for e, s in ExpertMemory(lib.root).rank(args.task, [lib.get(n) for n in lib.names()])
+              if s is not None]
+    if not ranked:
+        print(f"no recorded results for task {args.task!r} in {lib.root} (record some: t2 eval --expert NAME "
+              f"--task {args.task})")
+        return 0
+    print(f"{'#':>2} {'expert':24} {'accuracy':>8} {'95% interval':16} {'n':>5} split  date")
+    for i, (expert, score) in enumerate(ranked, 1):
+        lo, hi = score.ci95
+        print(f"{i:>2} {expert.name:24} {score.accuracy:>8.1%} [{lo:5.1%}, {hi:5.1%}]  {score.n:>5} "
+              f"{score.split:6} {score.date}")
+    return 0
+
+
+def experts_stats(args) -> int:
+    from ..experts.stats import format_stats, library_stats
+
+    stats = library_stats(_library(args))
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return 0
 
 

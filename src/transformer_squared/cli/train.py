@@ -92,7 +92,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
         from ..experts import ExpertLibrary
         from ..svf import load_svf
 
-        expert = ExpertLibrary(args.library).get(args.expert)
+        lib = ExpertLibrary(args.library)
+        expert = lib.get(args.expert)
         svf = load_svf(args.model or expert.meta.base_model or "default", targets=expert.meta.targets)
         model, tokenizer, context = svf.model, svf.tokenizer, svf.applied(expert)
     else:
@@ -111,6 +112,11 @@ def eval_cmd(args: argparse.Namespace) -> int:
     with context:
         result = evaluate(model, tokenizer, task, args.split, args.n, args.batch_size, args.max_new_tokens)
     print(result.summary())
+    if args.expert:  # expert memory: the result is kept beside the expert, for rank and routing
+        from ..experts.memory import base_fingerprint, record_result
+
+        folder = Path(args.expert) if (Path(args.expert) / "expert.json").is_file() else lib.root / args.expert
+        print(f"recorded in {record_result(folder, expert, base_fingerprint(svf, expert), task, result, 'eval')}")
     if args.out:
         label = args.label or "_".join(x for x in (task.name, args.split, Path(args.expert or args.lora or "base").name) if x)
         path = write_results(result, args.out, label)

@@ -156,7 +156,21 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         num = policy.num_trainable()
         policy.close()
     plot_metrics(metrics_path, run_dir / "plot.png")
+    if cfg.method == "svf" and best_step > 0:
+        _record_best(cfg, handle, task)
     return TrainResult(Path(cfg.out), best, best_step, cfg.steps, num, time.perf_counter() - t0)
+
+
+def _record_best(cfg: TrainConfig, svf, task) -> None:
+    """Expert memory: the saved (best) expert's validation result, appended beside it in its library."""
+    from ..experts import Expert
+    from ..experts.memory import base_fingerprint, record_result
+    from .evaluate import EvalResult
+
+    expert = Expert.load(cfg.out)
+    m = expert.meta.metrics
+    result = EvalResult(task.name, "valid", int(m["valid_n"]), float(m["valid_accuracy"]), tuple(m["valid_ci95"]))
+    record_result(cfg.out, expert, base_fingerprint(svf, expert), task, result, "train")
 
 
 def _read_metrics(path: Path) -> list[dict]:
