@@ -12,9 +12,9 @@ import sys
 # cost a wake-up per parallel region instead. Must be set before torch is first imported; a value you set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import adapt, core, serve, train
+from . import adapt, chat, core, serve, train
 
-VERB_MODULES = [core, train, adapt, serve]
+VERB_MODULES = [core, train, adapt, serve, chat]
 
 
 def build_parser() -> argparse.ArgumentParser:

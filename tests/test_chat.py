@@ -1,0 +1,133 @@
+"""`t2 chat` through a real pseudo-terminal (pexpect): an answer streams with its pass-1 choice and times, /expert
+pins, Ctrl-C stops an answer but not the session (and the weights come back), readline recalls history, /quit
+exits 0. Plus ChatSession's context window handling, in-process."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import SHAPE, char_tokenizer
+
+pexpect = pytest.importorskip("pexpect")
+SRC = Path(__file__).resolve().parents[1] / "src"
+END = re.compile(r"\[(?:prompt: \w+|pinned) -> ([\w()=.,-]+); pass 1 (\d+) ms, pass 2 (\d+) ms, (\d+) tokens")
+
+
+@pytest.fixture(scope="module")
+def long_window_folder(tmp_path_factory) -> Path:
+    """The tiny Llama + character tokenizer, with a 4096-token window so that an answer can run for seconds."""
+    import torch
+    import transformers as hf
+
+    folder = tmp_path_factory.mktemp("tiny-long")
+    torch.manual_seed(0)
+    hf.LlamaForCausalLM(hf.LlamaConfig(**{**SHAPE, "max_position_embeddings": 4096})).float().eval() \
+        .save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def t2(*argv, cwd, env):
+    return pexpect.spawn(sys.executable, ["-c", "import sys; from transformer_squared.cli import main; "
+                                                "sys.exit(main())", *argv], cwd=str(cwd), env=env,
+                         encoding="utf-8", timeout=120, dimensions=(40, 200))
+
+
+@pytest.fixture(scope="module")
+def chat_dir(long_window_folder, tmp_path_factory) -> Path:
+    """A working folder with lib/math (a noisy expert of domain arithmetic) and the SVD cache under cache/."""
+    from conftest import noisy_z
+    from transformer_squared.experts import Expert, ExpertLibrary
+    from transformer_squared.svf import load_svf
+
+    root = tmp_path_factory.mktemp("chat")
+    svf = load_svf(str(long_window_folder), cache_dir=root / "cache" / "svd", progress=False)
+    ExpertLibrary(root / "lib").add(Expert.for_model(svf, noisy_z(svf, 0.3, seed=1), domain="arithmetic"), "math")
+    return root
+
+
+@pytest.fixture
+def chat_env(chat_dir):
+    return {**os.environ, "PYTHONPATH": str(SRC), "T2_CACHE": str(chat_dir / "cache"), "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1", "TERM": "xterm"}
+
+
+def test_chat_streams_pins_interrupts_and_quits(long_window_folder, chat_dir, chat_env, tmp_path):
+    history = tmp_path / "history"
+    child = t2("chat", "--model", str(long_window_folder), "--library", "lib", "--strategy", "prompt",
+               "--max-new-tokens", "2000", "--history-file", str(history), cwd=chat_dir, env=chat_env)
+    try:
+        child.expect("t2 chat: .*strategy prompt, experts: math")
+        child.expect_exact("you> ")
+        child.sendline("What is 2+2?")
+        child.expect(r"\[(base|math)\] ")  # pass 1's choice, shown before the answer streams
+        child.expect(END)
+        first = child.before  # the answer
+        chosen, tokens = child.match.group(1), int(child.match.group(4))
+        assert chosen == "base" and 0 < tokens < 2000  # the random model ends this one early (eos)
+        child.expect_exact("you> ")
+
+        child.sendline("/expert mathX\x7f")  # a typo, erased with backspace before Enter
+        child.expect_exact("pinned math")
+        child.expect_exact("you> ")
+        child.sendline("hello")
+        child.expect_exact("[math] ")
+        child.expect(r"\S{20}")  # text arrives while the answer is still being generated ...
+        child.sendintr()  # ... and Ctrl-C stops it
+        assert child.expect([r"\[interrupted", END]) == 0, "the answer finished before Ctrl-C"
+        child.expect_exact("you> ")
+
+        child.sendline("/clear")
+        child.expect_exact("conversation cleared")
+        child.expect_exact("you> ")
+        child.send("\x1b[A\r")  # readline history: up-arrow recalls /clear
+        child.expect_exact("conversation cleared")
+        child.expect_exact("you> ")
+        child.sendline("/auto")
+        child.expect_exact("you> ")
+        child.sendline("What is 2+2?")
+        child.expect(END)
+        # the session went on, and the interrupted expert did not stay applied: the same answer as at first
+        assert child.match.group(1) == "base" and child.before.split("] ", 1)[-1] == first.split("] ", 1)[-1]
+        child.expect_exact("you> ")
+        for line, message in (("/expert nope", "no expert 'nope'"), ("/mix math", "bad weight 'math'"),
+                              ("/strategy magic", "choose one of"), ("/frobnicate", "unknown command")):
+            child.sendline(line)  # errors are reported, the session goes on
+            child.expect_exact("error: ")
+            child.expect_exact(message)
+            child.expect_exact("you> ")
+        child.sendline("/mix math=0.5")
+        child.expect_exact("pinned mix(math=0.5)")
+        child.expect_exact("you> ")
+        child.sendline("/quit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert "/expert math" in history.read_text()
+
+
+def test_context_keeps_the_newest_turns_that_fit(svf):
+    from transformer_squared.adapt.chat import ChatError, ChatSession
+    from transformer_squared.experts import ExpertLibrary
+    from transformer_squared.generation import GenerationConfig
+
+    svf.tokenizer = char_tokenizer()  # no chat template: one character per token, messages joined by newlines
+    session = ChatSession(svf, ExpertLibrary("missing"), "base", config=GenerationConfig(max_new_tokens=20))
+    assert session.window == 128
+    session.history = [{"role": "user", "content": "a" * 30}, {"role": "assistant", "content": "b" * 30},
+                       {"role": "user", "content": "c" * 20}, {"role": "assistant", "content": "d" * 20}]
+    messages, ids, max_new, dropped = session._fit("e" * 10)
+    assert dropped == 1 and [m["content"][0] for m in messages] == ["c", "d", "e"]  # 94 tokens with a+b: too many
+    assert len(ids) + max_new <= 128 and max_new == 20
+    messages, ids, max_new, dropped = session._fit("f" * 120)  # alone it leaves 7 tokens: the answer gets those
+    assert dropped == 2 and max_new == 128 - len(ids) == 7
+    with pytest.raises(ChatError, match="window is 128"):
+        session._fit("g" * 200)
+    turn = session.ask("hi", on_text=lambda t: None)
+    assert session.history[-1] == {"role": "assistant", "content": turn.text} and turn.selection.name == "base"
