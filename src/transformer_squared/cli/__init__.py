@@ -12,9 +12,9 @@ import sys
 # cost a wake-up per parallel region instead. Must be set before torch is first imported; a value you set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import adapt, chat, core, serve, train
+from . import adapt, chat, core, discover, serve, train
 
-VERB_MODULES = [core, train, adapt, serve, chat]
+VERB_MODULES = [core, train, adapt, serve, chat, discover]
 
 
 def build_parser() -> argparse.ArgumentParser:
