@@ -1,6 +1,8 @@
 """The HTTP front end: an OpenAI-compatible FastAPI app over the engine.
 
+    GET    /                        the playground page (serve/playground.py; no API key needed for the page)
     GET    /health                  liveness, queue depth, batching costs (no API key needed)
+    GET    /v1/experts              expert statistics: delta similarity, norms per layer, usage, records
     GET    /v1/models[/{id}]        the base model, every expert of the library, and "auto"
     POST   /v1/chat/completions     chat template applied; stream=True gives server-sent events
     POST   /v1/completions          raw text prompt
@@ -35,7 +37,7 @@ except ImportError:  # pragma: no cover - transformers' chat templates need jinj
 
 from ..experts import ExpertError, ExpertLibrary
 from ..generation import chat_text
-from . import schemas
+from . import playground, schemas
 from .config import ServeLimits
 from .engine import Busy, Closed, Engine
 from .registry import ExpertRegistry, UnknownExpert
@@ -86,6 +88,7 @@ def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None
     context = getattr(svf.model.config, "max_position_embeddings", None) or 1 << 30
     strategy_name = strategy if isinstance(strategy, str) else getattr(strategy, "name", None)
     started = int(time.time())
+    usage = playground.usage_counter(library)  # which expert answered: counted into the expert memory
 
     @asynccontextmanager
     async def lifespan(app):
@@ -93,9 +96,11 @@ def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None
         await asyncio.to_thread(engine.ready.wait)
         yield
         await asyncio.to_thread(engine.close, True, limits.shutdown_timeout_s)
+        usage.flush()
 
     app = FastAPI(title="t2 serve", lifespan=lifespan)
     app.state.engine, app.state.registry = engine, registry
+    playground.install(app, library, usage)  # GET / (the playground page) and GET /v1/experts (statistics)
 
     # -- errors and auth ------------------------------------------------------------------------------------------
     @app.exception_handler(APIError)
@@ -227,6 +232,7 @@ def create_app(svf, library: ExpertLibrary | str | None = None, *, strategy=None
             raise
         if event[0] == "error":
             raise APIError(event[1], event[2], None, event[3], _error_type(event[1]))
+        usage.count(event[1]["expert"])
         return event[1]
 
     async def collect(j: Job) -> tuple[str, dict]:
