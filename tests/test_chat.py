@@ -112,6 +112,29 @@ def test_chat_streams_pins_interrupts_and_quits(long_window_folder, chat_dir, ch
     assert "/expert math" in history.read_text()
 
 
+def test_help_lists_the_flags(capsys):
+    from transformer_squared.cli import main
+
+    for verb, flags in (("chat", ["--library", "--strategy", "--expert", "--system", "--max-new-tokens",
+                                  "--history-file", "--encoder", "--model"]),
+                        ("discover", ["--prompts", "--out", "--k", "--k-max", "--library", "--encoder", "--overwrite"])):
+        with pytest.raises(SystemExit) as exit_:
+            main([verb, "-h"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert all(re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", out) for f in flags), out
+
+
+def test_chat_refuses_cem_and_an_empty_library_before_loading_a_model(tmp_path, capsys):
+    from transformer_squared.cli import main
+
+    assert main(["chat", "--library", str(tmp_path / "none"), "--strategy", "cem"]) == 2
+    assert "adapts to a task" in capsys.readouterr().err
+    assert main(["chat", "--library", str(tmp_path / "none"), "--strategy", "prompt"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("t2 chat: error: no expert with a domain label") and err.count("\n") == 1
+
+
 def test_context_keeps_the_newest_turns_that_fit(svf):
     from transformer_squared.adapt.chat import ChatError, ChatSession
     from transformer_squared.experts import ExpertLibrary

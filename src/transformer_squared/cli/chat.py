@@ -46,7 +46,7 @@ def _readline(history_file: str):
 
 
 def chat_cmd(args: argparse.Namespace) -> int:
-    from ..adapt.chat import ChatError, ChatSession, Quit
+    from ..adapt.chat import ChatSession, Quit
     from ..adapt.routes import answer_experts
     from ..experts import ExpertLibrary
     from ..experts.memory import ExpertMemory, UsageCounter
@@ -74,24 +74,20 @@ def chat_cmd(args: argparse.Namespace) -> int:
         while True:
             try:
                 line = input("you> ")
-            except KeyboardInterrupt:
-                print("^C", flush=True)
-                continue
-            except EOFError:
-                print(flush=True)
-                break
-            if not line.strip():
-                continue
-            try:
+                if not line.strip():
+                    continue
                 if line.startswith("/"):
                     print(session.command(line), flush=True)
                 else:
                     _answer(session, line)
+            except KeyboardInterrupt:  # at the prompt, or during a command: the session goes on
+                print("^C", flush=True)
+            except EOFError:
+                print(flush=True)
+                break
             except Quit:
                 break
-            except ChatError as e:
-                print(f"error: {e}", flush=True)
-            except ValueError as e:  # ExpertError and friends: a bad name or an incompatible expert
+            except ValueError as e:  # ChatError, ExpertError: a bad command, name or incompatible expert
                 print(f"error: {e}", flush=True)
     finally:
         usage.flush()
