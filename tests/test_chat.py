@@ -110,6 +110,10 @@ def test_chat_streams_pins_interrupts_and_quits(long_window_folder, chat_dir, ch
         child.close()
     assert child.exitstatus == 0
     assert "/expert math" in history.read_text()
+    from transformer_squared.experts.memory import ExpertMemory
+
+    # usage persisted on exit: the two finished answers (base); the interrupted one (math) does not count
+    assert ExpertMemory(chat_dir / "lib").usage() == {"base": 2}
 
 
 def test_help_lists_the_flags(capsys):
