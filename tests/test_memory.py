@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import char_tokenizer, noisy_z
+from conftest import noisy_z
 from transformer_squared.adapt.embedding import EmbeddingStrategy
 from transformer_squared.adapt.routes import answer_experts
 from transformer_squared.cli import main
