@@ -180,6 +180,8 @@ def test_eval_and_training_append_records_that_show_and_rank_list(tiny_folder, o
     assert (trained["source"], trained["split"], trained["n"], trained["task"]) == ("train", "valid", 4, "arithmetic")
     assert trained["accuracy"] == expert.meta.metrics["valid_accuracy"]
     assert trained["fingerprint"] == expert.meta.fingerprint and trained["expert_key"] == expert.key
+    train_expert(cfg, resume=True, progress=False)  # nothing left to do: the same best is not recorded twice
+    assert len(memory.records("result")) == 1
 
     assert main(["experts", "--library", str(lib), "init", "--model", str(tiny_folder), "--name", "other",
                  "--noise", "0.3", "--domain", "arithmetic"]) == 0

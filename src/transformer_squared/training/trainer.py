@@ -164,13 +164,15 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
 def _record_best(cfg: TrainConfig, svf, task) -> None:
     """Expert memory: the saved (best) expert's validation result, appended beside it in its library."""
     from ..experts import Expert
-    from ..experts.memory import base_fingerprint, record_result
+    from ..experts.memory import ExpertMemory, base_fingerprint, record_result
     from .evaluate import EvalResult
 
     expert = Expert.load(cfg.out)
     m = expert.meta.metrics
     result = EvalResult(task.name, "valid", int(m["valid_n"]), float(m["valid_accuracy"]), tuple(m["valid_ci95"]))
-    record_result(cfg.out, expert, base_fingerprint(svf, expert), task, result, "train")
+    # a resumed run whose best is still the saved one (same z) was recorded already
+    if not any(r.get("source") == "train" for r in ExpertMemory(Path(cfg.out).resolve().parent).results(expert)):
+        record_result(cfg.out, expert, base_fingerprint(svf, expert), task, result, "train")
 
 
 def _read_metrics(path: Path) -> list[dict]:
