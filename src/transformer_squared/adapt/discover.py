@@ -24,8 +24,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_K_MAX = 10
 TYPICAL = 5  # typical prompts kept per cluster
 TERMS = 8  # top terms kept per cluster
@@ -101,7 +99,7 @@ def _sklearn():
 
 def choose_k(vectors: np.ndarray, k_max: int = DEFAULT_K_MAX, seed: int = 0) -> tuple[int, dict[int, float], np.ndarray]:
     """(best k, {k: silhouette}, labels of the best k) over k = 2..min(k_max, n − 1)."""
-    sk = _sklearn()
+    sk = _sklearn()  # scikit-learn and numpy are imported in the functions, not the module: `t2 -h` stays instant
     n = len(vectors)
     scores, labels = {}, {}
     for k in range(2, min(k_max, n - 1) + 1):
@@ -118,6 +116,8 @@ def choose_k(vectors: np.ndarray, k_max: int = DEFAULT_K_MAX, seed: int = 0) -> 
 
 def discover(prompts: list[str], encoder, k: int | None = None, k_max: int = DEFAULT_K_MAX,
              seed: int = 0) -> Discovery:
+    import numpy as np
+
     sk = _sklearn()
     if len(prompts) < 3:
         raise ValueError(f"discovery needs at least 3 prompts, got {len(prompts)}")
