@@ -37,11 +37,10 @@ def build_strategy(name: str, svf, library, **options) -> Strategy:
 
         return ClassifierStrategy(routes, find_classifier(library, options.get("classifier")))
     if name == "embedding":
+        from ..experts.memory import ExpertMemory
         from .embedding import DEFAULT_THRESHOLD, EmbeddingStrategy, shared_encoder
 
         threshold = options.get("threshold")
-        from ..experts.memory import ExpertMemory
-
         return EmbeddingStrategy(routes, shared_encoder(options.get("encoder")),
                                  DEFAULT_THRESHOLD if threshold is None else threshold,
                                  memory=ExpertMemory(library.root))
