@@ -124,8 +124,6 @@ ERRORS = {  # case: (library, argv after the verb's --library, what stderr must 
     "adapt-unknown-expert": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--experts", "nope"],
                              "no expert 'nope'"),
     "adapt-unknown-task": ("one", ["adapt", "--task", "nope", "--out", "mix"], "unknown task 'nope'"),
-    "adapt-no-shots": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--shots", "0"],
-                       "--shots must be at least 1"),
     "adapt-bad-fitness": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--fitness", "reward"],
                           "--fitness 'reward': choose one of accuracy, loglik"),
     "adapt-bad-bounds": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--alpha-min", "1"],

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..training.config import TrainConfig, add_dataclass_args, config_from_args
-from .core import add_library_arg
+from .options import add_library_arg, add_strategy_args, positive_int
 
 
 def register(sub) -> None:
@@ -29,16 +29,14 @@ def register(sub) -> None:
     p.add_argument("--data-dir", default=None,
                    help="--tasks: folder holding each task's data in a subfolder named after it (e.g. ../shared/data)")
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=None, help="first N examples of the split (default: all)")
+    p.add_argument("--n", type=positive_int, default=None, help="first N examples of the split (default: all)")
     p.add_argument("--expert", default=None, help="SVF expert (library name or folder)")
     p.add_argument("--lora", default=None, help="PEFT LoRA adapter folder")
     add_library_arg(p)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     p.add_argument("--out", default=None, help="folder for <label>.json (summary) and <label>.jsonl (per sample)")
     p.add_argument("--label", default=None, help="file name stem for the results (default: derived)")
-    from .adapt import add_strategy_args
-
     add_strategy_args(p)
     p.set_defaults(func=eval_cmd)
 
@@ -135,7 +133,7 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     from ..adapt import build_strategy
     from ..adapt.engine import evaluate_strategy
     from ..tasks import get_task
-    from .adapt import load_strategy_model, strategy_library, strategy_options
+    from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert or args.lora:
         raise ValueError("--strategy picks experts itself: drop --expert/--lora")

@@ -61,6 +61,16 @@ class TrainConfig:
             raise ValueError("--lr must be positive")
         if self.kl_coef < 0:
             raise ValueError("--kl-coef must be >= 0")
+        for name in ("temperature", "max_grad_norm", "lora_alpha"):  # `not > 0` also refuses NaN
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        for name in ("weight_decay", "max_new_tokens"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.lora_rank < 1:
+            raise ValueError("--lora-rank must be at least 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("--lora-dropout must be in [0, 1)")
         if self.parametrization not in ("paper", "reference"):
             raise ValueError("--parametrization: choose paper or reference")
         if not self.out:
