@@ -89,6 +89,25 @@ def test_experts_list(library, tmp_path, capsys):
     assert rows[2].split()[3:] == ["train", "tiny"]
 
 
+@pytest.mark.parametrize("action", [["list"], ["show", "math"], ["rm", "nope"], ["mix", "math=1", "--out", "m"],
+                                    ["init", "--name", "probe"]], ids=lambda a: a[0])
+def test_experts_actions_take_library_after_the_action_too(action, tmp_path):
+    from transformer_squared.cli import build_parser
+
+    where = str(tmp_path / "lib")
+    before = build_parser().parse_args(["experts", "--library", where, *action])
+    after = build_parser().parse_args(["experts", *action, "--library", where])
+    assert before.library == after.library == where
+    assert build_parser().parse_args(["experts", *action]).library is None  # the default: $T2_EXPERTS or ./experts
+    # given twice, the one closest to the action wins (argparse's usual "last one wins")
+    assert build_parser().parse_args(["experts", "--library", "a", *action, "--library", where]).library == where
+
+
+def test_experts_list_with_library_after_the_action(library, capsys):
+    assert main(["experts", "list", "--library", str(library.root)]) == 0
+    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()[1:]] == ["code", "math"]
+
+
 def test_experts_show(library, capsys):
     assert main(["experts", "--library", str(library.root), "show", "math"]) == 0
     out = capsys.readouterr().out

@@ -38,20 +38,20 @@ def register(sub) -> None:
     p = sub.add_parser("experts", help="manage the expert library")
     add_library_arg(p)
     esub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = esub.add_parser("list", help="list experts")
+    q = _add_action(esub, "list", "list experts")
     q.set_defaults(func=experts_list)
-    q = esub.add_parser("show", help="metadata and z statistics of one expert")
+    q = _add_action(esub, "show", "metadata and z statistics of one expert")
     q.add_argument("name")
     q.set_defaults(func=experts_show)
-    q = esub.add_parser("mix", help="z = Σ w·z over experts, saved as a new expert")
+    q = _add_action(esub, "mix", "z = Σ w·z over experts, saved as a new expert")
     q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT")
     q.add_argument("--out", required=True, help="name of the new expert")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=experts_mix)
-    q = esub.add_parser("rm", help="remove an expert")
+    q = _add_action(esub, "rm", "remove an expert")
     q.add_argument("name")
     q.set_defaults(func=experts_rm)
-    q = esub.add_parser("init", help="a new expert for a model: identity (z = base), or randomly perturbed")
+    q = _add_action(esub, "init", "a new expert for a model: identity (z = base), or randomly perturbed")
     add_model_args(q)
     q.add_argument("--name", required=True)
     q.add_argument("--parametrization", default="paper", choices=["paper", "reference"])
@@ -69,6 +69,14 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=export_cmd)
+
+
+def _add_action(esub, name: str, help: str) -> argparse.ArgumentParser:
+    """An `experts` action that takes --library too (`t2 experts list --library X` = `t2 experts --library X list`);
+    SUPPRESS keeps the value given before the action when it is not repeated after it."""
+    q = esub.add_parser(name, help=help)
+    add_library_arg(q, default=argparse.SUPPRESS)
+    return q
 
 
 def _library(args):
