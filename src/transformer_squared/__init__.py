@@ -16,6 +16,7 @@ _EXPORTS = {
     "export_merged": "export",
     "GenerationConfig": "generation", "generate": "generation",
     "load_model": "models",
+    "T2Error": "errors", "ModelError": "errors", "MissingDependency": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

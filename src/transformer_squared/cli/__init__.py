@@ -29,11 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..experts import ExpertError
+    from ..errors import T2Error
 
     try:
         return args.func(args) or 0
-    except (ExpertError, ValueError, FileNotFoundError) as e:
+    except (T2Error, ValueError, FileNotFoundError) as e:
         print(f"t2 {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

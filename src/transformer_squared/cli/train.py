@@ -102,7 +102,9 @@ def eval_cmd(args: argparse.Namespace) -> int:
             try:
                 from peft import PeftModel
             except ImportError:
-                raise SystemExit("--lora needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
+                from ..errors import MissingDependency
+
+                raise MissingDependency("--lora needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
             if not (Path(args.lora) / "adapter_config.json").is_file():
                 raise ValueError(f"--lora {args.lora}: not a PEFT adapter folder (no adapter_config.json)")
             model = PeftModel.from_pretrained(model, args.lora).merge_and_unload().eval()

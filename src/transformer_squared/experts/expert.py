@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_folder
+from ..errors import T2Error
 from ..svd import combine_fingerprints
 from ..svf import PARAMETRIZATIONS
 
 SCHEMA_VERSION = 1
 
 
-class ExpertError(ValueError):
+class ExpertError(T2Error, ValueError):
     """An expert that cannot be used as asked; the message says what and how to fix it."""
 
 
