@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+from pathlib import Path
 
 
 # -- numeric ranges ----------------------------------------------------------------------------------------------
@@ -162,3 +164,60 @@ def load_strategy_model(args, library, routes):
 def strategy_options(args, task=None) -> dict:
     return {"classifier": args.classifier, "encoder": args.encoder, "threshold": args.threshold,
             "task": task, "shots": args.shots}
+
+
+# -- tasks from --data / --data-dir --------------------------------------------------------------------------------
+
+DATA_FOLDERS = {"arc": "arc_easy", "arc_challenge": "arc_challenge"}  # task -> its subfolder under --data-dir
+GENERATED = ("arithmetic", "subtraction", "addition3", "antonyms", "classify", "custom")  # no data set to find
+
+
+def data_folder(task: str) -> str:
+    return DATA_FOLDERS.get(task, task)
+
+
+def data_folders_text(tasks) -> str:
+    """`arc_easy/ (task arc), gsm8k/, ...` for those of `tasks` that read a data set."""
+    return ", ".join(f"{data_folder(t)}/" + (f" (task {t})" if data_folder(t) != t else "")
+                     for t in tasks if t not in GENERATED)
+
+
+def _offline_if_unreachable() -> None:
+    """A task without local data falls back to `datasets` and the hub; offline, that would retry for ~30 s."""
+    from ..models import hub_reachable
+
+    if not hub_reachable():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def load_task(name: str, data: str | None = None, split: str = "train", *, data_dir: str | None = None,
+              pool: bool = False):
+    """The task with its data from --data, else from `data_dir/<its folder>` (`pool`: --tasks, whose data only
+    comes from --data-dir), its `split` read once so that data problems surface before a model loads; a task that
+    finds no data says where it looked and what it expects."""
+    from ..tasks import get_task
+
+    folder = Path(data_dir) / data_folder(name) if data is None and data_dir is not None else None
+    if folder is not None and folder.exists():
+        data = str(folder)
+    if data is None:
+        _offline_if_unreachable()
+    task = get_task(name, data)
+    try:
+        task.examples(split)
+    except (ValueError, OSError) as e:  # OSError: a task's hub fallback (`datasets`) could not download
+        if data is not None:
+            raise  # the data is there: the task's own message says what is wrong with it
+        if folder is not None:
+            raise ValueError(f"task {name!r} needs data: --data-dir {data_dir} has no subfolder {data_folder(name)}/ "
+                             f"(looked for {folder.resolve()}); --data-dir holds one subfolder per task, named "
+                             f"{data_folders_text([name]) or name + '/'}") from None
+        if pool:
+            raise ValueError(f"task {name!r} needs data: pass --data-dir DIR holding its subfolder "
+                             f"{data_folders_text([name]) or name + '/'}") from None
+        if isinstance(e, ValueError):
+            raise  # the task's own message says what --data should be
+        raise ValueError(f"task {name!r} needs data: pass --data PATH (the hub fallback failed: "
+                         f"{str(e).splitlines()[0]})") from None
+    return task

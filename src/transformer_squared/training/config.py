@@ -16,7 +16,7 @@ METHODS = ("svf", "lora")
 
 @dataclass
 class TrainConfig:
-    task: str = "arithmetic"  # registry name (arithmetic, gsm8k, arc, mbpp, humaneval, math) or dotted path
+    task: str = "arithmetic"  # registry name (listed at the end of `t2 train -h`) or dotted path to a Task
     data: str | None = None  # dataset path (a folder or file in the upstream format)
     model: str = "default"  # 'default', 'gemma3-270m', a .gguf file, a folder or a hub id
     out: str = ""  # expert folder to write (the trained expert lands here, library-style)
