@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..training.config import add_dataclass_args
+from ..training.config import add_dataclass_args, default_run_dir
 from .options import add_library_arg, add_model_args, positive_int
 
 
@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--experts", nargs="+", default=None, help="experts to mix (default: every routed expert)")
     p.add_argument("--out", required=True, help="the new expert: a library name or a folder path")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (state in runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (state in runs/<name>-<hash of the --out path>)")
     p.add_argument("--quiet", action="store_true")
     add_dataclass_args(p, CEMConfig)
     p.set_defaults(func=adapt_cmd)
@@ -69,7 +69,7 @@ def adapt_cmd(args) -> int:
     svf = load_svf(args.model or first.meta.base_model or "default", targets=first.meta.targets,
                    cache_dir=args.cache_dir)
     population = Population(svf, experts, shots, task, cfg)
-    state = Path("runs") / out.name / "cem_state.json"
+    state = default_run_dir(out) / "cem_state.json"
     if state.exists() and not args.resume:
         state.unlink()
     result = cem_search(population, progress=not args.quiet, state_path=state)

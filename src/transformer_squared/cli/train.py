@@ -67,6 +67,10 @@ def train_cmd(args: argparse.Namespace) -> int:
 
             saved = torch.load(ckpt, weights_only=False)["config"]
             cfg.steps = args.steps or saved["steps"]
+            cfg.method = args.method or saved["method"]  # a --method that differs from the run's is refused
+        elif args.run_dir is None and (old := Path("runs") / Path(args.out).name / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume: no checkpoint at {ckpt}; {old.parent} is a run folder in the older layout "
+                             f"(runs/<name>): if it is the run of {args.out}, pass --run-dir {old.parent}")
     else:
         cfg = config_from_args(args)
     task = None
