@@ -37,6 +37,10 @@ class LoadedModel:
     tokenizer: object
     model_id: str  # a bundled name, a hub id or a path: enough to load the same model again
 
+    def __repr__(self) -> str:  # not the dataclass's: that prints the whole module tree
+        params = sum(p.numel() for p in self.model.parameters())
+        return f"LoadedModel({self.model_id!r}, {type(self.model).__name__}, {params / 1e6:.1f}M parameters)"
+
 
 def _bundled_smollm2() -> Path:
     # find_spec, not import: the package's __init__ needs llama.cpp, and we only want the file it carries

@@ -96,6 +96,10 @@ class Decomposition:
         self._file = None
         self._loaded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
+    def __repr__(self) -> str:
+        return (f"Decomposition({len(self.names)} matrices, fingerprint={self.fingerprint[:12]!r}, "
+                f"path={str(self.path)!r})")
+
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U, σ, Vᵀ) for one matrix: shapes (out, r), (r,), (r, in), float32."""
         if name not in self._loaded:
