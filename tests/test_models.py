@@ -128,3 +128,15 @@ def test_the_cli_reports_a_model_error_in_one_line(monkeypatch, no_hub, capsys):
     assert main(["generate", "--model", "no-such-model", "hi"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("t2 generate: error: --model no-such-model:") and err.count("\n") == 1, err
+
+
+def test_loading_shows_no_progress_bar_of_transformers_and_restores_its_settings(tiny_folder, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    capfd.readouterr()
+    models.load_model(str(tiny_folder))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err
+    assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == verbosity

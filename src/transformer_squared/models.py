@@ -18,6 +18,8 @@ import os
 import re
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,17 +94,29 @@ def converted_cache_dir() -> Path:
     return Path(os.environ.get("T2_CACHE", Path.home() / ".cache" / "transformer_squared")) / "models"
 
 
-def _from_pretrained(source: str, dtype, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its warnings (a GGUF load prints one per tensor) or its own progress bars ("Loading
+    weights", "Writing model shards"), which would land in the middle of ours; both settings come back after."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # GGUF loads print a warning per tensor otherwise
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(source: str, dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     return model, tokenizer
 
 
@@ -119,7 +133,7 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
     _forget_gguf(model)
     if cached is not None:
         try:
-            with atomic_folder(cached) as tmp:
+            with atomic_folder(cached) as tmp, quiet_transformers():
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
         except OSError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..atomic import atomic_file, atomic_folder
 from ..tasks import get_task
