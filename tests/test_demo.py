@@ -25,3 +25,22 @@ def test_answers_and_experts_are_shown_whole_and_aligned():
     assert len(header) == len(first) == len(second)
     cut = first[2:2 + PROMPT_WIDTH]
     assert cut.endswith("…") and len(cut) == PROMPT_WIDTH  # a long prompt is visibly cut, not silently
+
+
+def test_the_demo_ends_with_commands_that_use_its_experts(tmp_path):
+    import shlex
+
+    from transformer_squared.adapt.demo import next_steps
+    from transformer_squared.cli import build_parser
+
+    root = tmp_path / "my cache" / "demo" / "experts"  # a space: the commands must quote it
+    lines = next_steps(root)
+    assert str(root) in lines[0]
+    commands = [shlex.split(line.strip()) for line in lines if line.strip().startswith("t2 ")]
+    assert len(commands) == 3
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])
+        assert args.library == str(root)
+    assert build_parser().parse_args(commands[0][1:]).expert == "arithmetic"
+    export = lines[-1].split("export ", 1)[1]
+    assert shlex.split(export) == [f"T2_EXPERTS={root}"]

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -161,6 +162,17 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
         task_report = next(t for t in r.tasks if t.task == UNSEEN)
         log(f"  {name:22} {task_report.accuracy:>6.0%}")
     log(f"  CEM α: {alpha}")
-    log(f"\nDone in {time.perf_counter() - t_start:.0f} s. Experts: {library.root} "
-        f"(try: t2 generate --library {library.root} --strategy embedding \"What is 31 + 45?\")")
+    log(f"\nDone in {time.perf_counter() - t_start:.0f} s.")
+    for line in next_steps(library.root):
+        log(line)
     return 0
+
+
+def next_steps(root: Path) -> list[str]:
+    """Where the demo's experts are, and commands that use them (printed at the end of the demo)."""
+    lib = shlex.quote(str(root))
+    return [f"The demo's experts are in {root} (kept: the next run only answers). Try:",
+            f"  t2 generate --library {lib} --expert arithmetic \"What is 31 + 45?\"",
+            f"  t2 generate --library {lib} --strategy embedding \"Give the antonym of 'cold'.\"",
+            f"  t2 experts list --library {lib}",
+            f"or make them the default library of every t2 command and of ExpertLibrary(): export T2_EXPERTS={lib}"]
