@@ -4,15 +4,9 @@ the verb, so `t2 -h` is instant."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# OpenMP threads that busy-wait make torch several times slower whenever another process competes for the cores
-# (measured: a forward pass 11.5 s instead of 2.3 s beside one other torch process on 2 cores). Sleeping threads
-# cost a wake-up per parallel region instead. Must be set before torch is first imported; a value you set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import adapt, core, serve, train
+from . import adapt, core, serve, train  # the package's __init__ has set OMP_WAIT_POLICY before any torch import
 
 VERB_MODULES = [core, train, adapt, serve]
 
