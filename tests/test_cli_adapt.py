@@ -191,7 +191,9 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
     assert set(expert.meta.alpha) == {"math", "words", BASE}
     assert expert.meta.created_by["method"] == "cem" and expert.meta.created_by["task"] == "subtraction"
     assert len(expert.meta.metrics["history"]) == 2
-    state = json.loads((tmp_path / "runs" / "cem-sub" / "cem_state.json").read_text())
+    from transformer_squared.training.config import default_run_dir
+
+    state = json.loads((default_run_dir(tmp_path / "lib" / "cem-sub") / "cem_state.json").read_text())
     assert state["iteration"] == 2 and state["best"]["alpha"] == [expert.meta.alpha[c] for c in state["components"]]
     assert main(["adapt", "--library", lib, "--cache-dir", cache, "--task", "subtraction", "--out", "cem-sub"]) == 2
     assert "already exists" in capsys.readouterr().err
