@@ -201,7 +201,7 @@ def load_task(name: str, data: str | None = None, split: str = "train", *, data_
     folder = Path(data_dir) / data_folder(name) if data is None and data_dir is not None else None
     if folder is not None and folder.exists():
         data = str(folder)
-    if data is None:
+    if data is None and name not in GENERATED:
         _offline_if_unreachable()
     task = get_task(name, data)
     try:
