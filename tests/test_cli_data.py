@@ -81,3 +81,11 @@ def test_a_task_without_data_offline_is_one_line_not_a_traceback(monkeypatch, tm
     err = capsys.readouterr().err
     assert err.startswith("t2 train: error: task 'gsm8k' needs data: pass --data PATH") and err.count("\n") == 1, err
     assert not any(tmp_path.iterdir())
+
+
+def test_a_wrong_split_is_not_reported_as_missing_data(tmp_path):
+    from transformer_squared.cli.options import load_task
+
+    for name in ("arithmetic", "arc"):
+        with pytest.raises(ValueError, match="has no split 'nope'"):
+            load_task(name, split="nope", data_dir=str(tmp_path), pool=True)

@@ -204,11 +204,12 @@ def load_task(name: str, data: str | None = None, split: str = "train", *, data_
     if data is None and name not in GENERATED:
         _offline_if_unreachable()
     task = get_task(name, data)
+    task.check_split(split)  # a wrong --split is not a data problem
     try:
         task.examples(split)
     except (ValueError, OSError) as e:  # OSError: a task's hub fallback (`datasets`) could not download
-        if data is not None:
-            raise  # the data is there: the task's own message says what is wrong with it
+        if data is not None or name in GENERATED:
+            raise  # the data is there (or none is needed): the task's own message says what is wrong
         if folder is not None:
             raise ValueError(f"task {name!r} needs data: --data-dir {data_dir} has no subfolder {data_folder(name)}/ "
                              f"(looked for {folder.resolve()}); --data-dir holds one subfolder per task, named "
