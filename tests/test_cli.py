@@ -66,6 +66,18 @@ def test_a_verb_is_required(capsys):
     assert "VERB" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,unknown", [(["train", "--cache-dir", "x"], "--cache-dir x"),
+                                          (["experts", "list", "--bogus"], "--bogus"),
+                                          (["generate", "hi", "--nope"], "--nope")])
+def test_an_unknown_flag_is_reported_by_its_verb(argv, unknown, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    verb = argv[0]
+    assert err.startswith(f"usage: t2 {verb}") and f"t2 {verb}: error: unrecognized arguments: {unknown}" in err, err
+
+
 # -- library verbs (no model needed) -----------------------------------------------------------------------------
 
 @pytest.fixture

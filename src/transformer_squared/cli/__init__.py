@@ -17,12 +17,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in VERB_MODULES:
         module.register(sub)
+    parser.verb_parsers = sub.choices  # {verb: its parser}, for errors reported in the verb's own words
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the verb's usage and name, not the top level's ("t2: error: unrecognized arguments")
+        parser.verb_parsers[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     from ..errors import T2Error
 
     try:
