@@ -124,8 +124,6 @@ ERRORS = {  # case: (library, argv after the verb's --library, what stderr must 
     "adapt-unknown-expert": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--experts", "nope"],
                              "no expert 'nope'"),
     "adapt-unknown-task": ("one", ["adapt", "--task", "nope", "--out", "mix"], "unknown task 'nope'"),
-    "adapt-no-shots": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--shots", "0"],
-                       "--shots must be at least 1"),
     "adapt-bad-fitness": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--fitness", "reward"],
                           "--fitness 'reward': choose one of accuracy, loglik"),
     "adapt-bad-bounds": ("one", ["adapt", "--task", "arithmetic", "--out", "mix", "--alpha-min", "1"],
@@ -193,7 +191,9 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
     assert set(expert.meta.alpha) == {"math", "words", BASE}
     assert expert.meta.created_by["method"] == "cem" and expert.meta.created_by["task"] == "subtraction"
     assert len(expert.meta.metrics["history"]) == 2
-    state = json.loads((tmp_path / "runs" / "cem-sub" / "cem_state.json").read_text())
+    from transformer_squared.training.config import default_run_dir
+
+    state = json.loads((default_run_dir(tmp_path / "lib" / "cem-sub") / "cem_state.json").read_text())
     assert state["iteration"] == 2 and state["best"]["alpha"] == [expert.meta.alpha[c] for c in state["components"]]
     assert main(["adapt", "--library", lib, "--cache-dir", cache, "--task", "subtraction", "--out", "cem-sub"]) == 2
     assert "already exists" in capsys.readouterr().err

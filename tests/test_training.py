@@ -191,7 +191,7 @@ def test_reinforce_run_writes_expert_metrics_checkpoint_and_plot(tiny_llama_dir,
     assert [("valid_accuracy" in r) for r in rows] == [False, False, True]  # valid_every=10: only the last step
     run = Path(cfg.run_dir)
     assert (run / "checkpoint.pt").is_file()
-    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    assert json.loads((run / "config.json").read_text()) == {**cfg.to_dict(), "owner": cfg.owner()}
     assert (run / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

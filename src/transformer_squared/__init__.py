@@ -6,6 +6,21 @@ The public API is re-exported here and imported lazily, so `t2 -h` does not pay 
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+import warnings
+
+# OpenMP threads that busy-wait make torch many times slower whenever another process competes for the cores
+# (measured: a forward pass 11.5 s instead of 2.3 s beside one other torch process on 2 cores; see
+# bench/bench_omp_wait.py for generate()). Sleeping threads cost a wake-up per parallel region instead. libgomp reads
+# this once, when torch loads it, so it is set here, before any module of the package imports torch; a policy you
+# set yourself wins.
+if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ and sys.modules["torch"].get_num_threads() > 1:
+    warnings.warn("torch was imported before transformer_squared without OMP_WAIT_POLICY: its OpenMP threads spin "
+                  "while they wait, which is many times slower when other processes share the cores. Set "
+                  "OMP_WAIT_POLICY=PASSIVE in the environment (or import transformer_squared before torch).",
+                  RuntimeWarning, stacklevel=2)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
@@ -16,6 +31,7 @@ _EXPORTS = {
     "export_merged": "export",
     "GenerationConfig": "generation", "generate": "generation",
     "load_model": "models",
+    "T2Error": "errors", "ModelError": "errors", "MissingDependency": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

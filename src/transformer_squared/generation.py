@@ -65,9 +65,15 @@ def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -
     return outputs
 
 
-def generate(model, tokenizer, prompts: list[str | list[dict]], config: GenerationConfig | None = None,
-             system: str | None = None) -> list[str]:
-    """Answer each prompt (a user message or a message list) with the chat template applied."""
-    config = config or GenerationConfig()
-    texts = [chat_text(tokenizer, p, system) for p in prompts]
-    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in generate_ids(model, tokenizer, texts, config)]
+def generate(model, tokenizer, prompts: str | list[str | list[dict]], config: GenerationConfig | None = None,
+             system: str | None = None, **options) -> str | list[str]:
+    """Answer each prompt (a user message or a message list) with the chat template applied; one prompt given as
+    a string gets one string back. `options` are GenerationConfig fields (`max_new_tokens=64`, `temperature=0.7`)
+    for when no `config` is passed."""
+    if options and config is not None:
+        raise ValueError("pass a GenerationConfig or its fields as keywords (max_new_tokens=...), not both")
+    config = config or GenerationConfig(**options)
+    single = isinstance(prompts, str)
+    texts = [chat_text(tokenizer, p, system) for p in ([prompts] if single else prompts)]
+    answers = [tokenizer.decode(ids, skip_special_tokens=True) for ids in generate_ids(model, tokenizer, texts, config)]
+    return answers[0] if single else answers

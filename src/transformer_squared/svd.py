@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .atomic import atomic_file
 
@@ -95,6 +95,10 @@ class Decomposition:
         self.fingerprint = combine_fingerprints(fingerprints, names)
         self._file = None
         self._loaded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return (f"Decomposition({len(self.names)} matrices, fingerprint={self.fingerprint[:12]!r}, "
+                f"path={str(self.path)!r})")
 
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(U, σ, Vᵀ) for one matrix: shapes (out, r), (r,), (r, in), float32."""

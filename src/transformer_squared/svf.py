@@ -84,6 +84,11 @@ class SVFLinear(nn.Module):
         self.merged_weight: torch.Tensor | None = None
         self.use_base = False
 
+    def extra_repr(self) -> str:
+        mode = "base" if self.use_base else "per-row σ'" if self.row_sigma is not None else \
+            "merged" if self.merged_weight is not None else "factored"
+        return f"rank={self.S.shape[0]}, parametrization={self.parametrization!r}, mode={mode}"
+
     def sigma(self) -> torch.Tensor:
         return sigma(self.svf_z, self.S, self.parametrization, self.max_mult)
 
@@ -130,6 +135,12 @@ class SVFModel:
         self.active: str | None = None  # cache key of the applied expert
         self._active_weights = self.base_weights
         self.factored_active = False
+
+    def __repr__(self) -> str:
+        state = "factored layers" if self.factored_active else \
+            f"expert {self.active[:12]} merged" if self.active is not None else "base weights"
+        return (f"SVFModel({self.model_id!r}, {type(self.model).__name__}, targets={self.targets!r}, "
+                f"{len(self.names)} matrices, {state}, {len(self._cache)} cached expert(s))")
 
     # -- z helpers ---------------------------------------------------------------------------------------------
     def init_z(self, parametrization: str = "paper") -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, chat_text, generate_ids

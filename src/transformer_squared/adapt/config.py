@@ -32,6 +32,10 @@ class CEMConfig:
             raise ValueError("--elite-ratio must be in (0, 1]")
         if not self.alpha_min < self.alpha_max:
             raise ValueError("--alpha-min must be below --alpha-max")
+        if not self.init_std > 0:
+            raise ValueError("--init-std must be > 0")
+        if self.max_new_tokens < 0:
+            raise ValueError("--max-new-tokens must be >= 0 (0 = the task's default)")
 
     @property
     def n_elite(self) -> int:

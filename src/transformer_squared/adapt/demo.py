@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,30 @@ def _mark(score: float) -> str:
     return "ok" if score else "--"
 
 
+PROMPT_WIDTH = 46  # prompts are long: shown up to here, with "…" where cut; answers and experts are shown whole
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def answer_table(by_strategy: dict[str, list[dict]]) -> list[str]:
+    """One line per prompt: the reference answer, then per strategy the expert it chose and ok/-- (column widths
+    fit the longest cell)."""
+    first = next(iter(by_strategy.values()))
+    prompts = [_cut(" ".join(str(r["prompt"]).split()), PROMPT_WIDTH) for r in first]
+    answers = [str(r["answer"]) for r in first]
+    cells = {s: [f"{r['expert']} {_mark(r['score'])}" for r in records] for s, records in by_strategy.items()}
+    pw = max(len("prompt"), *map(len, prompts))
+    aw = max(len("answer"), *map(len, answers))
+    widths = {s: max(len(s), *map(len, column)) for s, column in cells.items()}
+    lines = [f"  {'prompt':{pw}}  {'answer':{aw}}  " + "  ".join(f"{s:>{widths[s]}}" for s in cells)]
+    for i in range(len(first)):
+        lines.append(f"  {prompts[i]:{pw}}  {answers[i]:{aw}}  "
+                     + "  ".join(f"{cells[s][i]:>{widths[s]}}" for s in cells))
+    return [line.rstrip() for line in lines]
+
+
 def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout) -> int:
     from ..experts import ExpertLibrary
     from ..svf import load_svf
@@ -104,11 +129,8 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     for name in ("base", "prompt", "classifier", "embedding"):
         strategy = build_strategy(name, svf, library)
         reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes)
-    by_strategy = {name: r.records for name, r in reports.items()}
-    log(f"  {'prompt':46} {'answer':>7}  " + "  ".join(f"{s:>20}" for s in by_strategy))
-    for i, rec in enumerate(by_strategy["base"]):
-        cells = [f"{by_strategy[s][i]['expert'][:15]:>15} {_mark(by_strategy[s][i]['score'])}" for s in by_strategy]
-        log(f"  {rec['prompt'][:46]:46} {str(rec['answer'])[:7]:>7}  " + "  ".join(f"{c:>20}" for c in cells))
+    for line in answer_table({name: r.records for name, r in reports.items()}):
+        log(line)
 
     log(f"[4/4] few-shot CEM on {UNSEEN} from {SHOTS} training examples (mixing "
         f"{', '.join(e.name for e in routes.values())} and the base)")
@@ -140,6 +162,17 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
         task_report = next(t for t in r.tasks if t.task == UNSEEN)
         log(f"  {name:22} {task_report.accuracy:>6.0%}")
     log(f"  CEM α: {alpha}")
-    log(f"\nDone in {time.perf_counter() - t_start:.0f} s. Experts: {library.root} "
-        f"(try: t2 generate --library {library.root} --strategy embedding \"What is 31 + 45?\")")
+    log(f"\nDone in {time.perf_counter() - t_start:.0f} s.")
+    for line in next_steps(library.root):
+        log(line)
     return 0
+
+
+def next_steps(root: Path) -> list[str]:
+    """Where the demo's experts are, and commands that use them (printed at the end of the demo)."""
+    lib = shlex.quote(str(root))
+    return [f"The demo's experts are in {root} (kept: the next run only answers). Try:",
+            f"  t2 generate --library {lib} --expert arithmetic \"What is 31 + 45?\"",
+            f"  t2 generate --library {lib} --strategy embedding \"Give the antonym of 'cold'.\"",
+            f"  t2 experts list --library {lib}",
+            f"or make them the default library of every t2 command and of ExpertLibrary(): export T2_EXPERTS={lib}"]

@@ -120,7 +120,7 @@ def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str
     """Pool the first n examples of each task's split, select (one pass 1 over the whole pool), answer, score.
 
     `strategy` is one Strategy for the pool, or a callable task -> Strategy (e.g. a few-shot CEM per task)."""
-    from tqdm.auto import tqdm
+    from ..progress import tqdm
 
     from ..training.evaluate import default_max_new_tokens, wilson_interval
 

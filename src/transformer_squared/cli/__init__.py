@@ -4,15 +4,9 @@ the verb, so `t2 -h` is instant."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-# OpenMP threads that busy-wait make torch several times slower whenever another process competes for the cores
-# (measured: a forward pass 11.5 s instead of 2.3 s beside one other torch process on 2 cores). Sleeping threads
-# cost a wake-up per parallel region instead. Must be set before torch is first imported; a value you set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import adapt, chat, core, discover, serve, train
+from . import adapt, chat, core, discover, serve, train  # the package's __init__ has set OMP_WAIT_POLICY before any torch import
 
 VERB_MODULES = [core, train, adapt, serve, chat, discover]
 
@@ -23,17 +17,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in VERB_MODULES:
         module.register(sub)
+    parser.verb_parsers = sub.choices  # {verb: its parser}, for errors reported in the verb's own words
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    from ..experts import ExpertError
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the verb's usage and name, not the top level's ("t2: error: unrecognized arguments")
+        parser.verb_parsers[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
+    from ..errors import T2Error
 
     try:
         return args.func(args) or 0
-    except (ExpertError, ValueError, FileNotFoundError) as e:
+    except (T2Error, ValueError, FileNotFoundError) as e:
         print(f"t2 {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,68 +1,12 @@
-"""Self-adaptation verbs: adapt (few-shot CEM into a new expert) and demo; the shared --strategy flags."""
+"""Self-adaptation verbs: adapt (few-shot CEM into a new expert) and demo."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from ..training.config import add_dataclass_args
-from .core import add_library_arg, add_model_args
-
-
-def add_strategy_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    from ..adapt import STRATEGIES
-
-    p.add_argument("--strategy", default=default, choices=STRATEGIES,
-                   help="two-pass self-adaptation: how pass 1 picks the expert (needs --library)")
-    p.add_argument("--classifier", default=None, help="classifier expert for --strategy classifier "
-                                                     "(default: the library's only `dispatch` expert)")
-    p.add_argument("--encoder", default=None, help="sentence encoder for --strategy embedding "
-                                                  "(default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="--strategy embedding: cosine similarity below which the base answers (default 0.3)")
-    p.add_argument("--shots", type=int, default=10, help="--strategy cem: examples of the task to adapt on")
-
-
-def check_strategy_inputs(args, library) -> None:
-    """Fail on a missing classifier or an unusable encoder before a model is loaded (the encoder is kept)."""
-    if args.strategy == "classifier":
-        from ..adapt.classify import find_classifier
-
-        find_classifier(library, args.classifier)
-    elif args.strategy == "embedding":
-        from ..adapt.embedding import shared_encoder
-
-        shared_encoder(args.encoder)
-
-
-def strategy_library(args, strategy: str):
-    """The library and its routes {domain: expert}; refused when a strategy has no expert to route to."""
-    from ..adapt.routes import answer_experts
-    from ..experts import ExpertLibrary
-
-    library = ExpertLibrary(args.library)
-    routes = answer_experts(library)
-    if not routes and strategy != "base":
-        raise ValueError(f"no expert with a domain label in {library.root}; train some first (t2 train), "
-                         "or pass --library")
-    return library, routes
-
-
-def load_strategy_model(args, library, routes):
-    """The model the routed experts were made for (or --model), after the strategy's own inputs are checked."""
-    from ..svf import load_svf
-
-    check_strategy_inputs(args, library)
-    first = next(iter(routes.values()), None)
-    model = args.model or (first.meta.base_model if first is not None and first.meta.base_model else "default")
-    targets = getattr(args, "targets", None) or (first.meta.targets if first is not None else "mlp")
-    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None))
-
-
-def strategy_options(args, task=None) -> dict:
-    return {"classifier": args.classifier, "encoder": args.encoder, "threshold": args.threshold,
-            "task": task, "shots": args.shots}
+from ..training.config import add_dataclass_args, default_run_dir
+from .options import add_library_arg, add_model_args, positive_int
 
 
 def register(sub) -> None:
@@ -75,11 +19,11 @@ def register(sub) -> None:
     add_library_arg(p)
     p.add_argument("--task", required=True, help="the task to adapt to (registry name or dotted path)")
     p.add_argument("--data", default=None, help="the task's data path")
-    p.add_argument("--shots", type=int, default=10, help="examples from the task's train split")
+    p.add_argument("--shots", type=positive_int, default=10, help="examples from the task's train split")
     p.add_argument("--experts", nargs="+", default=None, help="experts to mix (default: every routed expert)")
     p.add_argument("--out", required=True, help="the new expert: a library name or a folder path")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (state in runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search (state in runs/<name>-<hash of the --out path>)")
     p.add_argument("--quiet", action="store_true")
     add_dataclass_args(p, CEMConfig)
     p.set_defaults(func=adapt_cmd)
@@ -89,7 +33,7 @@ def register(sub) -> None:
                                    "unseen task with CEM, then answers a mixed set of prompts with every strategy.")
     p.add_argument("--model", default="default")
     p.add_argument("--workdir", default=None, help="experts and runs of the demo (default: $T2_CACHE/demo)")
-    p.add_argument("--n", type=int, default=8, help="prompts per task in the final comparison")
+    p.add_argument("--n", type=positive_int, default=8, help="prompts per task in the final comparison")
     p.add_argument("--retrain", action="store_true", help="train the demo's experts again")
     p.set_defaults(func=demo_cmd)
 
@@ -114,8 +58,6 @@ def adapt_cmd(args) -> int:
         raise ValueError(f"--out {out} already exists; pass --overwrite or choose another name")
     cfg = CEMConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CEMConfig)
                        if getattr(args, f.name) is not None})
-    if args.shots < 1:
-        raise ValueError("--shots must be at least 1")
     task = get_task(args.task, args.data)
     shots = fewshot_examples(task, args.shots, cfg.seed)
     experts = [lib.get(n) for n in args.experts] if args.experts else list(answer_experts(lib).values())
@@ -127,7 +69,7 @@ def adapt_cmd(args) -> int:
     svf = load_svf(args.model or first.meta.base_model or "default", targets=first.meta.targets,
                    cache_dir=args.cache_dir)
     population = Population(svf, experts, shots, task, cfg)
-    state = Path("runs") / out.name / "cem_state.json"
+    state = default_run_dir(out) / "cem_state.json"
     if state.exists() and not args.resume:
         state.unlink()
     result = cem_search(population, progress=not args.quiet, state_path=state)

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .adapt import add_strategy_args, load_strategy_model, strategy_options
-from .core import add_generation_args, add_library_arg, add_model_args
+from .options import (add_generation_args, add_library_arg, add_model_args, add_strategy_args, load_strategy_model,
+                      strategy_options)
 
 
 def register(sub) -> None:

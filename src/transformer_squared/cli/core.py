@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
-
-def add_model_args(p: argparse.ArgumentParser, targets: bool = True) -> None:
-    p.add_argument("--model", default=None,
-                   help="'default' (SmolLM2-135M-Instruct, bundled), 'gemma3-270m', a .gguf file, a folder or a hub "
-                        "id (default: the expert's base model, else 'default')")
-    if targets:
-        p.add_argument("--targets", default=None,
-                       help="matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
-    p.add_argument("--cache-dir", default=None, help="SVD cache folder (default: $T2_CACHE/svd or ~/.cache/transformer_squared/svd)")
-
-
-def add_library_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--library", default=None, help="expert library folder (default: $T2_EXPERTS or ./experts)")
-
-
-def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
+from .options import (
+    add_generation_args,
+    add_library_arg,
+    add_model_args,
+    add_strategy_args,
+    nonneg_float,
+)
 
 
 def register(sub) -> None:
@@ -39,8 +28,6 @@ def register(sub) -> None:
     add_library_arg(p)
     add_generation_args(p)
     p.add_argument("--expert", default=None, help="expert name in the library, or path to an expert folder")
-    from .adapt import add_strategy_args
-
     add_strategy_args(p)
     p.add_argument("--task", default=None, help="--strategy cem: the task whose training examples are the shots")
     p.add_argument("--data", default=None, help="--strategy cem: the task's data path")
@@ -51,30 +38,30 @@ def register(sub) -> None:
     p = sub.add_parser("experts", help="manage the expert library")
     add_library_arg(p)
     esub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = esub.add_parser("list", help="list experts")
+    q = _add_action(esub, "list", "list experts")
     q.set_defaults(func=experts_list)
-    q = esub.add_parser("show", help="metadata and z statistics of one expert")
+    q = _add_action(esub, "show", "metadata and z statistics of one expert")
     q.add_argument("name")
     q.set_defaults(func=experts_show)
-    q = esub.add_parser("rank", help="experts ordered by their recorded results on a task (expert memory)")
+    q = _add_action(esub, "rank", "experts ordered by their recorded results on a task (expert memory)")
     q.add_argument("--task", required=True, help="task name as recorded by t2 eval / t2 train (e.g. arc)")
     q.set_defaults(func=experts_rank)
-    q = esub.add_parser("stats", help="delta similarity and norms per layer, usage counts, recorded results")
+    q = _add_action(esub, "stats", "delta similarity and norms per layer, usage counts, recorded results")
     q.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     q.set_defaults(func=experts_stats)
-    q = esub.add_parser("mix", help="z = Σ w·z over experts, saved as a new expert")
+    q = _add_action(esub, "mix", "z = Σ w·z over experts, saved as a new expert")
     q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT")
     q.add_argument("--out", required=True, help="name of the new expert")
     q.add_argument("--overwrite", action="store_true")
     q.set_defaults(func=experts_mix)
-    q = esub.add_parser("rm", help="remove an expert")
+    q = _add_action(esub, "rm", "remove an expert")
     q.add_argument("name")
     q.set_defaults(func=experts_rm)
-    q = esub.add_parser("init", help="a new expert for a model: identity (z = base), or randomly perturbed")
+    q = _add_action(esub, "init", "a new expert for a model: identity (z = base), or randomly perturbed")
     add_model_args(q)
     q.add_argument("--name", required=True)
     q.add_argument("--parametrization", default="paper", choices=["paper", "reference"])
-    q.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to z (0 = identity)")
+    q.add_argument("--noise", type=nonneg_float, default=0.0, help="std of Gaussian noise added to z (0 = identity)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--domain", default="")
     q.add_argument("--description", default="")
@@ -88,6 +75,14 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=export_cmd)
+
+
+def _add_action(esub, name: str, help: str) -> argparse.ArgumentParser:
+    """An `experts` action that takes --library too (`t2 experts list --library X` = `t2 experts --library X list`);
+    SUPPRESS keeps the value given before the action when it is not repeated after it."""
+    q = esub.add_parser(name, help=help)
+    add_library_arg(q, default=argparse.SUPPRESS)
+    return q
 
 
 def _library(args):
@@ -140,7 +135,7 @@ def _generate_adaptive(args, config) -> int:
     """Two passes: the strategy picks an expert per prompt, then that expert answers."""
     from ..adapt import build_strategy
     from ..adapt.engine import generate_adaptive
-    from .adapt import load_strategy_model, strategy_library, strategy_options
+    from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert:
         raise ValueError("pass --expert or --strategy, not both")
@@ -231,6 +226,8 @@ def parse_weights(items: list[str]) -> dict[str, float]:
             if not sep:
                 raise ValueError
             weights[name] = float(value)
+            if not math.isfinite(weights[name]):
+                raise ValueError
         except ValueError:
             raise ValueError(f"bad weight {item!r}: write NAME=WEIGHT, e.g. math=0.6") from None
     return weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .core import add_library_arg
+from .options import add_library_arg, cosine, positive_int
 
 
 def register(sub) -> None:
@@ -18,10 +18,10 @@ def register(sub) -> None:
                                    "summary.json.")
     p.add_argument("--prompts", required=True, help="JSONL: one JSON string, or object with \"prompt\", per line")
     p.add_argument("--out", required=True, help="folder for cluster-NN.jsonl and summary.json")
-    p.add_argument("--k", type=int, default=None, help="number of clusters (default: chosen by silhouette)")
-    p.add_argument("--k-max", type=int, default=DEFAULT_K_MAX, help="largest k tried when choosing")
+    p.add_argument("--k", type=positive_int, default=None, help="number of clusters (default: chosen by silhouette)")
+    p.add_argument("--k-max", type=positive_int, default=DEFAULT_K_MAX, help="largest k tried when choosing")
     p.add_argument("--encoder", default=None, help="sentence encoder (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--threshold", type=float, default=None,
+    p.add_argument("--threshold", type=cosine, default=None,
                    help="--library: cosine similarity below which routing falls to the base (default 0.3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")

@@ -7,8 +7,15 @@ import ipaddress
 import os
 import sys
 
-from .adapt import add_strategy_args, strategy_options
-from .core import add_library_arg, add_model_args
+from .options import (
+    add_library_arg,
+    add_model_args,
+    add_strategy_args,
+    nonneg_float,
+    port,
+    positive_int,
+    strategy_options,
+)
 
 SERVE_EXTRA = "t2 serve needs the serve extra: pip install 'transformer-squared[serve]'"
 LOOPBACK = ("localhost",)
@@ -24,23 +31,23 @@ def register(sub) -> None:
     add_model_args(p)
     add_library_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port, default=8000)
     p.add_argument("--api-key", default=os.environ.get("T2_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1 routes (default: $T2_API_KEY, else none)")
     add_strategy_args(p, default="embedding")  # pass 1 of model "auto"
     p.add_argument("--batching", default="auto", choices=["auto", "rows", "groups"],
                    help="mixed-expert batches: per-row z in one pass (rows), one merged batch per expert (groups), "
                         "or pick per batch from costs measured at start-up (auto, default)")
-    p.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
-    p.add_argument("--max-queue", type=int, default=defaults.max_queue, help="queued requests beyond that get 429")
-    p.add_argument("--max-prompt-tokens", type=int, default=defaults.max_prompt_tokens)
-    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens,
+    p.add_argument("--max-batch-size", type=positive_int, default=defaults.max_batch_size)
+    p.add_argument("--max-queue", type=positive_int, default=defaults.max_queue, help="queued requests beyond that get 429")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=defaults.max_prompt_tokens)
+    p.add_argument("--max-tokens", type=positive_int, default=defaults.max_tokens,
                    help="the most tokens a request may ask for (and the default for chat)")
-    p.add_argument("--batch-window-ms", type=float, default=defaults.batch_window_s * 1000,
+    p.add_argument("--batch-window-ms", type=nonneg_float, default=defaults.batch_window_s * 1000,
                    help="how long a batch that is not full waits for more requests before it starts")
-    p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
+    p.add_argument("--shutdown-timeout", type=nonneg_float, default=defaults.shutdown_timeout_s,
                    help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=serve_cmd)
 
 
@@ -64,8 +71,6 @@ def serve_cmd(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
                          args.batch_window_ms / 1000, args.shutdown_timeout)
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, not {args.port}")
     if not _is_loopback(args.host) and not args.api_key:
         print(f"t2 serve: warning: listening on {args.host} without --api-key: anyone who can reach it can use "
               "the model and add or remove experts", file=sys.stderr)

@@ -7,12 +7,21 @@ import json
 from pathlib import Path
 
 from ..training.config import TrainConfig, add_dataclass_args, config_from_args
-from .core import add_library_arg
+from .options import add_library_arg, add_strategy_args, data_folders_text, load_task, positive_int
+
+
+def _tasks_epilog() -> str:
+    from ..tasks import TASKS  # the registry (plain Python, no torch: `t2 -h` stays instant)
+
+    return (f"tasks: {', '.join(sorted(TASKS))}. Tasks that read a data set take --data PATH; with --tasks, "
+            f"--data-dir DIR holds one subfolder per task: {data_folders_text(sorted(TASKS))}.")
 
 
 def register(sub) -> None:
+    epilog = _tasks_epilog()
     p = sub.add_parser("train", help="train an expert (SVF z-vectors, or the LoRA baseline) on a task",
-                       description="Every field of the config is a flag; --config reads the same fields from YAML.")
+                       description="Every field of the config is a flag; --config reads the same fields from YAML.",
+                       epilog=epilog)
     p.add_argument("--config", default=None, help="YAML file with the same fields as the flags")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="OUT",
                    help="continue the run of --out (or of the OUT given here) from its last checkpoint")
@@ -20,25 +29,24 @@ def register(sub) -> None:
     add_dataclass_args(p)
     p.set_defaults(func=train_cmd)
 
-    p = sub.add_parser("eval", help="accuracy on a task split (base, expert, LoRA adapter or exported folder)")
+    p = sub.add_parser("eval", help="accuracy on a task split (base, expert, LoRA adapter or exported folder)",
+                       epilog=epilog)
     p.add_argument("--model", default=None, help="base model (default: the expert's, else 'default'); an exported folder works too")
     p.add_argument("--task", default=None, help="one task (registry name or dotted path)")
     p.add_argument("--data", default=None)
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks pooled into one mixed set (with --strategy; data from --data-dir)")
     p.add_argument("--data-dir", default=None,
-                   help="--tasks: folder holding each task's data in a subfolder named after it (e.g. ../shared/data)")
+                   help="with --tasks: a folder with one subfolder per task, named as listed below (e.g. ../shared/data)")
     p.add_argument("--split", default="test")
-    p.add_argument("--n", type=int, default=None, help="first N examples of the split (default: all)")
+    p.add_argument("--n", type=positive_int, default=None, help="first N examples of the split (default: all)")
     p.add_argument("--expert", default=None, help="SVF expert (library name or folder)")
     p.add_argument("--lora", default=None, help="PEFT LoRA adapter folder")
     add_library_arg(p)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     p.add_argument("--out", default=None, help="folder for <label>.json (summary) and <label>.jsonl (per sample)")
     p.add_argument("--label", default=None, help="file name stem for the results (default: derived)")
-    from .adapt import add_strategy_args
-
     add_strategy_args(p)
     p.set_defaults(func=eval_cmd)
 
@@ -59,6 +67,10 @@ def train_cmd(args: argparse.Namespace) -> int:
 
             saved = torch.load(ckpt, weights_only=False)["config"]
             cfg.steps = args.steps or saved["steps"]
+            cfg.method = args.method or saved["method"]  # a --method that differs from the run's is refused
+        elif args.run_dir is None and (old := Path("runs") / Path(args.out).name / "checkpoint.pt").is_file():
+            raise ValueError(f"--resume: no checkpoint at {ckpt}; {old.parent} is a run folder in the older layout "
+                             f"(runs/<name>): if it is the run of {args.out}, pass --run-dir {old.parent}")
     else:
         cfg = config_from_args(args)
     task = None
@@ -67,6 +79,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         from ..experts import ExpertLibrary
 
         task = ClassifyTask(ExpertLibrary(saved.get("library", cfg.library)))
+    else:
+        task = load_task(saved.get("task", cfg.task), saved.get("data", cfg.data), "train")
     result = train_expert(cfg, resume=bool(args.resume), progress=not args.quiet, task=task)
     print(f"best valid accuracy {result.best_valid:.1%} at step {result.best_step}/{result.steps}; "
           f"{result.num_trainable:,} trainable parameters; {result.seconds:.0f} s")
@@ -77,7 +91,6 @@ def train_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from ..tasks import get_task
     from ..training.evaluate import evaluate, write_results
 
     if args.expert and args.lora:
@@ -86,8 +99,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         return eval_strategy_cmd(args)
     if not args.task:
         raise ValueError("pass --task (one task), or --tasks a,b with --strategy (a mixed pool)")
-    task = get_task(args.task, args.data)
-    task.examples(args.split)  # fail on data problems before loading a model
+    task = load_task(args.task, args.data, args.split)  # data problems surface before a model loads
     if args.expert:
         from ..experts import ExpertLibrary
         from ..svf import load_svf
@@ -105,7 +117,9 @@ def eval_cmd(args: argparse.Namespace) -> int:
             try:
                 from peft import PeftModel
             except ImportError:
-                raise SystemExit("--lora needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
+                from ..errors import MissingDependency
+
+                raise MissingDependency("--lora needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
             if not (Path(args.lora) / "adapter_config.json").is_file():
                 raise ValueError(f"--lora {args.lora}: not a PEFT adapter folder (no adapter_config.json)")
             model = PeftModel.from_pretrained(model, args.lora).merge_and_unload().eval()
@@ -126,22 +140,11 @@ def eval_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-DATA_FOLDERS = {"arc": "arc_easy", "arc_challenge": "arc_challenge"}  # task -> subfolder name under --data-dir
-
-
-def _task_data(name: str, data_dir: str | None) -> str | None:
-    if data_dir is None:
-        return None
-    folder = Path(data_dir) / DATA_FOLDERS.get(name, name)
-    return str(folder) if folder.exists() else None
-
-
 def eval_strategy_cmd(args: argparse.Namespace) -> int:
     """A mixed pool of several tasks answered with two-pass self-adaptation (the paper's Table 2 setting)."""
     from ..adapt import build_strategy
     from ..adapt.engine import evaluate_strategy
-    from ..tasks import get_task
-    from .adapt import load_strategy_model, strategy_library, strategy_options
+    from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert or args.lora:
         raise ValueError("--strategy picks experts itself: drop --expert/--lora")
@@ -150,11 +153,9 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     if not names:
         raise ValueError("--strategy needs --tasks a,b (or --task)")
     if len(names) == 1 and args.data:
-        tasks = [get_task(names[0], args.data)]
+        tasks = [load_task(names[0], args.data, args.split)]
     else:
-        tasks = [get_task(n, _task_data(n, args.data_dir)) for n in names]
-    for task in tasks:
-        task.examples(args.split)  # fail on data problems before loading a model
+        tasks = [load_task(n, split=args.split, data_dir=args.data_dir, pool=True) for n in names]
     lib, routes = strategy_library(args, strategy_name)
     svf = load_strategy_model(args, lib, routes)
     if strategy_name == "cem":

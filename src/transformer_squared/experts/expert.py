@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_folder
+from ..errors import T2Error
 from ..svd import combine_fingerprints
 from ..svf import PARAMETRIZATIONS
 
 SCHEMA_VERSION = 1
 
 
-class ExpertError(ValueError):
+class ExpertError(T2Error, ValueError):
     """An expert that cannot be used as asked; the message says what and how to fix it."""
 
 
@@ -47,6 +48,12 @@ class ExpertMeta:
     schema_version: int = SCHEMA_VERSION
     created_at: str = ""
 
+    def __repr__(self) -> str:  # the fields that identify an expert; created_by/metrics can be pages long
+        method = self.created_by.get("method", "")
+        return (f"ExpertMeta(name={self.name!r}, domain={self.domain!r}, base_model={self.base_model!r}, "
+                f"targets={self.targets!r}, parametrization={self.parametrization!r}, method={method!r}, "
+                f"fingerprint={self.fingerprint[:12]!r})")
+
 
 class Expert:
     """z vectors + metadata. Treat z as immutable: the cache key is a hash of its content."""
@@ -57,6 +64,11 @@ class Expert:
         self.components = components  # [(Expert, alpha)] when this is a mixture, for exact cached mixing
         self._key = None
         self._compatible_with: str | None = None  # decomposition fingerprint this expert last passed checks for
+
+    def __repr__(self) -> str:
+        return (f"Expert({self.name!r}, domain={self.meta.domain!r}, {self.num_params():,} z values over "
+                f"{len(self.z)} matrices, targets={self.meta.targets!r}, base_model={self.meta.base_model!r}"
+                + (f", alpha={self.meta.alpha}" if self.meta.alpha else "") + ")")
 
     name = property(lambda self: self.meta.name)
     parametrization = property(lambda self: self.meta.parametrization)

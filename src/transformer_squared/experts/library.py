@@ -27,6 +27,11 @@ class ExpertLibrary:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_library_dir()
 
+    def __repr__(self) -> str:
+        names = self.names()
+        shown = ", ".join(names[:8]) + (f", ... ({len(names) - 8} more)" if len(names) > 8 else "")
+        return f"ExpertLibrary({str(self.root)!r}, {len(names)} expert{'s' * (len(names) != 1)}: {shown or 'none'})"
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []

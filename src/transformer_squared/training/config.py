@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +18,11 @@ METHODS = ("svf", "lora")
 
 @dataclass
 class TrainConfig:
-    task: str = "arithmetic"  # registry name (arithmetic, gsm8k, arc, mbpp, humaneval, math) or dotted path
+    task: str = "arithmetic"  # registry name (listed at the end of `t2 train -h`) or dotted path to a Task
     data: str | None = None  # dataset path (a folder or file in the upstream format)
     model: str = "default"  # 'default', 'gemma3-270m', a .gguf file, a folder or a hub id
     out: str = ""  # expert folder to write (the trained expert lands here, library-style)
-    run_dir: str | None = None  # checkpoints, metrics.jsonl, plot.png; None means runs/<expert name>
+    run_dir: str | None = None  # checkpoints, metrics.jsonl, plot.png; None means runs/<out name>-<hash of out path>
     method: str = "svf"  # svf | lora
     objective: str = "rloo"  # reinforce (paper) | rloo | sft
     targets: str = "mlp"  # SVF: matrices to adapt
@@ -61,16 +63,52 @@ class TrainConfig:
             raise ValueError("--lr must be positive")
         if self.kl_coef < 0:
             raise ValueError("--kl-coef must be >= 0")
+        for name in ("temperature", "max_grad_norm", "lora_alpha"):  # `not > 0` also refuses NaN
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0")
+        for name in ("weight_decay", "max_new_tokens"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.lora_rank < 1:
+            raise ValueError("--lora-rank must be at least 1")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError("--lora-dropout must be in [0, 1)")
         if self.parametrization not in ("paper", "reference"):
             raise ValueError("--parametrization: choose paper or reference")
         if not self.out:
             raise ValueError("--out is required: the folder the trained expert is written to (e.g. experts/math)")
 
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / Path(self.out).name
+        return Path(self.run_dir) if self.run_dir else default_run_dir(self.out)
+
+    def owner(self) -> dict:
+        """What a run folder belongs to: one output (resolved path) trained by one method."""
+        return {"out": str(Path(self.out).expanduser().resolve()), "method": self.method}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def default_run_dir(out: str | Path) -> Path:
+    """runs/<out name>-<8 hex digits of the resolved out path>. The name alone collided (experts/arithmetic and
+    lora/arithmetic shared runs/arithmetic); the hash keeps one folder per output, and the same output — named
+    relatively or absolutely — always finds its run again. Run state stays out of the output folder, which is what
+    gets copied or shared."""
+    resolved = str(Path(out).expanduser().resolve())
+    return Path("runs") / f"{Path(resolved).name}-{hashlib.blake2b(resolved.encode(), digest_size=4).hexdigest()}"
+
+
+def check_run_owner(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse a run folder whose config.json records another output or method (a resume, or a --run-dir reused)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return
+    recorded = json.loads(path.read_text())
+    owner = recorded.get("owner") or {  # runs made before the owner was recorded
+        "out": str(Path(recorded.get("out", "")).expanduser().resolve()), "method": recorded.get("method", "svf")}
+    if owner != cfg.owner():
+        raise ValueError(f"run folder {run_dir} belongs to --out {owner['out']} (method {owner['method']}), not "
+                         f"{cfg.owner()['out']} ({cfg.method}); pick its own --run-dir or leave --run-dir out")
 
 
 def field_help(cls) -> dict[str, str]:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, generate

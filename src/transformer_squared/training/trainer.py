@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..atomic import atomic_file, atomic_folder
 from ..tasks import get_task
-from .config import TrainConfig
+from .config import TrainConfig, check_run_owner
 from .evaluate import default_max_new_tokens, evaluate
 from .objectives import advantages, policy_loss, sft_loss
 from .rollout import sample, teacher_forced, token_logprobs
@@ -84,6 +84,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
     state = None
+    check_run_owner(run_dir, cfg)
     if resume:
         if not ckpt_path.is_file():
             raise ValueError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
@@ -113,7 +114,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     log = metrics_path.open("a")
     writer = _tensorboard(run_dir) if cfg.tensorboard else None
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "owner": cfg.owner()}, indent=2) + "\n")
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}/{task.name}",
