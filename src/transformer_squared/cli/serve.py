@@ -40,6 +40,8 @@ def register(sub) -> None:
                    help="how long a batch that is not full waits for more requests before it starts")
     p.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
                    help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
+    p.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                   help="larger request bodies get 413, before they are read (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=serve_cmd)
 
@@ -63,7 +65,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     from ..svf import load_svf
 
     limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
-                         args.batch_window_ms / 1000, args.shutdown_timeout)
+                         args.batch_window_ms / 1000, args.shutdown_timeout, args.max_body_bytes)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, not {args.port}")
     if not _is_loopback(args.host) and not args.api_key:
