@@ -1,15 +1,15 @@
 """Request bodies over a size limit get 413 before they are read: a pure ASGI middleware, outermost in the app.
 
 A declared `Content-Length` over the limit is answered at once, without reading a byte of the body. A body sent
-without one (chunked) or longer than it declared is counted as it streams in; the chunk that crosses the limit
-raises a 413 HTTPException inside the handler's body read, so at most `max_bytes` plus one chunk is ever held.
+without one (chunked) or longer than it declared is counted as it streams in; at the chunk that crosses the limit
+the app is told the client disconnected (so it stops reading: at most `max_bytes` plus one chunk is ever held),
+whatever it answers to that is dropped, and the client gets the 413. (Raising from `receive` instead would reach
+the handler wrapped in an exception group by the HTTP middleware and come out as a 400.)
 """
 
 from __future__ import annotations
 
 import json
-
-from starlette.exceptions import HTTPException
 
 
 def _message(limit: int) -> str:
@@ -31,18 +31,30 @@ class BodyLimit:
                 return await _refuse(send, 400, "the Content-Length header is not a number", "invalid_request")
             if too_large:
                 return await _refuse(send, 413, _message(self.max_bytes), "body_too_large")
-        received = 0
+        received, exceeded, started = 0, False, False
 
         async def counted():
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise HTTPException(413, _message(self.max_bytes))
+                    exceeded = True
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message):
+            nonlocal started
+            if exceeded:
+                return  # the app's answer to a cut-off body: replaced by the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+        if exceeded and not started:
+            await _refuse(send, 413, _message(self.max_bytes), "body_too_large")
 
 
 async def _refuse(send, status: int, message: str, code: str) -> None:
