@@ -216,3 +216,15 @@ def test_the_dataset_on_disk_is_hidden():
     example = next(e for e in task.examples("test") if e["task_id"] == 11)
     assert task.score(example["reference"], example) == 1.0
     assert task.score(f"```python\n{cheat}```", example) == 0.0
+
+
+def test_redefining_a_prompt_helper_does_not_move_the_expected_value():
+    """HumanEval asserts may compare with a helper of the prompt; the candidate's code could redefine it."""
+    from transformer_squared.tasks.judge import Judge, humaneval_plan
+
+    prompt = 'def double(x):\n    return 2 * x\n\n\ndef quadruple(x):\n    """Four times x."""\n'
+    test = "def check(candidate):\n    assert candidate(3) == double(6)\n    assert candidate(0) == double(0)\n"
+    plan = humaneval_plan(prompt, test, "quadruple")
+    cheat = "def double(x):\n    return 0\n\n\ndef quadruple(x):\n    return 0\n"
+    honest = "def quadruple(x):\n    return 4 * x\n"
+    assert Judge().verdicts([(plan, prompt + cheat), (plan, prompt + honest)]) == [False, True]

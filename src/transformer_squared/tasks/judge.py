@@ -12,8 +12,9 @@ What decides is this:
    process evaluates itself — literals, displays, comparisons, arithmetic, `not`/`and`/`or`, subscripts, calls to a
    fixed list of pure builtins and `math.isclose`/`math.fabs` — and *holes*, the maximal sub-expressions it cannot
    (a call of the solution, `candidate(...)`). A hole made only of standard-library modules and builtins
-   (`sys.getsizeof(x)`) is an *expected* hole: it is evaluated in a separate sandbox run without the candidate's
-   code (cached per test list). Every other hole is a *probe*, evaluated in the candidate's run.
+   (`sys.getsizeof(x)`), or for HumanEval also of the prompt's own helpers, is an *expected* hole: it is
+   evaluated in a separate sandbox run without the candidate's code (cached per test list), so redefining a
+   helper does not change it. Every other hole is a *probe*, evaluated in the candidate's run.
 2. The candidate's run gets the candidate code, the test's set-up code and the probes — never an expected value,
    never the asserts. It sends back one record per probe, the probe's value encoded by `tasks.evidence` (exact
    built-in types only: subclasses, always-equal objects, objects of the candidate's classes are refused).
@@ -83,12 +84,15 @@ class Plan:
     steps: list = field(default_factory=list)  # ("exec", src) | ("probe", src), in test order
     expected: list[str] = field(default_factory=list)  # expected holes' sources
     imports: list[str] = field(default_factory=list)  # stdlib modules the expected holes use
+    trusted: str = ""  # dataset code the expected run executes first (HumanEval: the prompt's helpers)
+    trusted_names: frozenset[str] = frozenset()  # names `trusted` defines, usable by expected holes
     assertions: list[Assertion] = field(default_factory=list)
     replay: dict | None = None  # {"prompt", "reference", "test", "entry"} for record/replay
 
     @property
     def key(self) -> str:
-        text = json.dumps([self.setup, self.steps, self.expected, self.imports, self.replay], sort_keys=True)
+        text = json.dumps([self.setup, self.steps, self.expected, self.imports, self.trusted, self.replay],
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -116,7 +120,7 @@ class _Splitter(ast.NodeTransformer):
         source = ast.unparse(node)
         names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         trusted = names and not names & self.candidate_names and all(
-            n in _STDLIB or hasattr(builtins, n) for n in names)
+            n in _STDLIB or hasattr(builtins, n) or n in self.plan.trusted_names for n in names)
         if trusted:
             self.plan.expected.append(source)
             self.plan.imports.extend(sorted(n for n in names if n in _STDLIB and n not in self.plan.imports))
@@ -178,6 +182,19 @@ def unit_test_plan(tests: Sequence[str], setup: str = "") -> Plan:
 _SIMPLE_CHECK = (ast.Assert, ast.Import, ast.ImportFrom, ast.Pass)
 
 
+def _top_level_names(module: ast.Module) -> set[str]:
+    names = set()
+    for s in module.body:
+        if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(s.name)
+        elif isinstance(s, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in s.names)
+        elif isinstance(s, (ast.Assign, ast.AnnAssign)):
+            targets = s.targets if isinstance(s, ast.Assign) else [s.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
+
+
 def humaneval_plan(prompt: str, test: str, entry_point: str, reference: str | None = None) -> Plan:
     """HumanEval: `test` defines check(candidate). Asserts-only checks are split; others need `reference`."""
     try:
@@ -191,9 +208,16 @@ def humaneval_plan(prompt: str, test: str, entry_point: str, reference: str | No
     body = [s for s in check.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
     param = check.args.args[0].arg if check.args.args else "candidate"
     if all(isinstance(s, _SIMPLE_CHECK) for s in body) and any(isinstance(s, ast.Assert) for s in body):
-        plan = Plan()
         others = [s for s in module.body if s is not check]  # METADATA, imports, helpers: no expected values
-        plan.setup = "\n".join([ast.unparse(s) for s in others] + [f"{param} = {entry_point}"])
+        setup = "\n".join(ast.unparse(s) for s in others)
+        # The prompt's helpers (and the test's) are the dataset's: an assert's side that uses only them is an
+        # expected value, computed without the candidate (which could redefine them).
+        try:
+            defined = _top_level_names(ast.parse(prompt)) | _top_level_names(ast.Module(others, []))
+        except SyntaxError:
+            defined = set()
+        plan = Plan(setup=f"{setup}\n{param} = {entry_point}", trusted=f"{prompt}\n{setup}\n",
+                    trusted_names=frozenset(defined - {param, entry_point}))
         for statement in body:
             _add_statement(plan, statement, frozenset({param, entry_point}))
         return plan
@@ -280,7 +304,7 @@ class Judge:
 
     def expected_values(self, plans: list[Plan]) -> None:
         todo = {p.key: p for p in plans if p.expected and ("expected", p.key) not in _cache}
-        programs = [_program("probe", candidate="\n".join(f"import {m}" for m in p.imports),
+        programs = [_program("probe", candidate="\n".join([p.trusted, *(f"import {m}" for m in p.imports)]),
                              steps=[("probe", s) for s in p.expected]) for p in todo.values()]
         for plan, result in zip(todo.values(), _map(self.run, programs)):
             _cache["expected", plan.key] = _values(_records(result.stdout), len(plan.expected))
