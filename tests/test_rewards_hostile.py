@@ -228,3 +228,13 @@ def test_redefining_a_prompt_helper_does_not_move_the_expected_value():
     cheat = "def double(x):\n    return 0\n\n\ndef quadruple(x):\n    return 0\n"
     honest = "def quadruple(x):\n    return 4 * x\n"
     assert Judge().verdicts([(plan, prompt + cheat), (plan, prompt + honest)]) == [False, True]
+
+
+def test_values_cannot_make_the_judge_do_unbounded_work():
+    """`2 ** f(x)` with f(x) = 10**12 would hang whichever process computes it: that must be the sandbox."""
+    from transformer_squared.tasks.judge import Judge, unit_test_plan
+
+    plan = unit_test_plan(["assert 2 ** f(3) == 8", "assert 'ab' * f(1) == 'ab'"])
+    assert [source for _, source in plan.steps] == ["2 ** f(3)", "'ab' * f(1)"]
+    huge, honest = "def f(x):\n    return 10 ** 12\n", "def f(x):\n    return x\n"
+    assert Judge().verdicts([(plan, huge), (plan, honest)]) == [False, True]

@@ -10,7 +10,8 @@ What decides is this:
 
 1. The tests are parsed here with `ast` (never run here). Each assert's expression is split into the part this
    process evaluates itself — literals, displays, comparisons, arithmetic, `not`/`and`/`or`, subscripts, calls to a
-   fixed list of pure builtins and `math.isclose`/`math.fabs` — and *holes*, the maximal sub-expressions it cannot
+   fixed list of pure builtins and `math.isclose`/`math.fabs`, but no `*`, `**` or `<<` over a solution's value
+   (its cost would be the candidate's to choose) — and *holes*, the maximal sub-expressions it cannot
    (a call of the solution, `candidate(...)`). A hole made only of standard-library modules and builtins
    (`sys.getsizeof(x)`), or for HumanEval also of the prompt's own helpers, is an *expected* hole: it is
    evaluated in a separate sandbox run without the candidate's code (cached per test list), so redefining a
@@ -56,8 +57,9 @@ from . import evidence
 CODE_WORKERS = 2  # sandbox runs at once (each a subprocess; this machine class has 2 cores)
 REPLAY_SEED = 0
 _HARNESS = Path(evidence.__file__).read_text(encoding="utf-8")
-_PURE_CALLS = {name: getattr(builtins, name) for name in ("abs", "all", "any", "bool", "dict", "float", "frozenset", "int", "len", "list", "max",
-                            "min", "round", "set", "sorted", "str", "sum", "tuple")}
+_PURE_CALLS = {name: getattr(builtins, name) for name in ("abs", "all", "any", "bool", "dict", "float", "frozenset",
+                                                         "int", "len", "list", "max", "min", "round", "set",
+                                                         "sorted", "str", "sum", "tuple")}
 _MATH_CALLS = {"isclose": math.isclose, "fabs": math.fabs}
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | {"math", "sys", "re", "collections"}
 _cache: dict[str, Any] = {}  # expected values and recorded calls, per test list
@@ -96,6 +98,9 @@ class Plan:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+_UNBOUNDED = (ast.Pow, ast.Mult, ast.LShift, ast.MatMult)  # work or size grows with an operand's value
+
+
 class _Splitter(ast.NodeTransformer):
     """Replace what this process cannot evaluate by holes (see the module docstring)."""
 
@@ -107,6 +112,9 @@ class _Splitter(ast.NodeTransformer):
         self.plan, self.assertion, self.candidate_names = plan, assertion, candidate_names
 
     def visit(self, node):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, _UNBOUNDED) and any(
+                isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(node)):
+            return self.hole(node)  # `2 ** f(x)`: a value the candidate picks must not size work done here
         if isinstance(node, ast.Call) and _pure_function(node.func, self.candidate_names) and not any(
                 isinstance(a, ast.Starred) for a in node.args):
             node.args = [self.visit(a) for a in node.args]
