@@ -98,6 +98,7 @@ class Plan:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+_LAZY = (ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.DictComp, ast.Lambda)  # values only in their scope
 _UNBOUNDED = (ast.Pow, ast.Mult, ast.LShift, ast.MatMult)  # work or size grows with an operand's value
 
 
@@ -116,7 +117,7 @@ class _Splitter(ast.NodeTransformer):
                 isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(node)):
             return self.hole(node)  # `2 ** f(x)`: a value the candidate picks must not size work done here
         if isinstance(node, ast.Call) and _pure_function(node.func, self.candidate_names) and not any(
-                isinstance(a, ast.Starred) for a in node.args):
+                isinstance(a, (ast.Starred, *_LAZY)) for a in node.args):  # all(f(x) for x in xs): probed whole
             node.args = [self.visit(a) for a in node.args]
             node.keywords = [self.visit(k) for k in node.keywords]
             return node
