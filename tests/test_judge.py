@@ -52,6 +52,7 @@ def test_plan_keeps_expected_values_out_of_the_candidates_run():
         assert expected not in probes
     assert unit_test_plan(["assert sum(10, 15) == 6"]).steps == [("probe", "sum(10, 15)")]  # MBPP 126
     assert unit_test_plan(["assert abs(f(1) - 2) < 1"]).steps == [("probe", "f(1)")]  # abs stays the builtin
+    assert unit_test_plan(["assert sorted(f(1), key=len) == []"]).steps == [("probe", "f(1)")]
     assert unit_test_plan(["assert all(f(x) for x in (1, 2))"]).steps == [("probe", "all((f(x) for x in (1, 2)))")]
     with pytest.raises(PlanError, match="no assert"):
         unit_test_plan(["x = 1"])
@@ -65,8 +66,7 @@ def test_humaneval_plans():
     assert split.replay is None and len(split.assertions) == 4 and "True" not in str(split.steps)
     looped = by_id["Fixture/2"]
     assert humaneval_plan(looped["prompt"], looped["test"], "add", looped["canonical_solution"]).replay
-    with pytest.raises(PlanError, match="canonical solution"):
-        humaneval_plan(looped["prompt"], looped["test"], "add")
+    assert humaneval_plan(looped["prompt"], looped["test"], "add").replay["reference"] is None  # the fallback
 
 
 def test_codec_round_trips_plain_data_and_refuses_the_rest():
@@ -154,3 +154,17 @@ def test_humaneval_wrong_solutions_score_zero_and_other_right_answers_pass(human
     bisect_other_side = find_zero["answer"].replace("return begin", "return end")
     # Other outputs than the reference's (the bracket's other end): right answers all the same, judged by property.
     assert task.score(bisect_other_side, find_zero) == 1.0
+
+
+@needs_posix
+def test_humaneval_without_canonical_solutions_falls_back_to_self_recorded_replay(humaneval):
+    """Columns without 'answer' (as TRL passes only what the reward names): loops are replayed from the calls the
+    candidate's own run reports; right answers still pass, wrong ones and early exits still fail."""
+    task, examples = humaneval
+    looped = [e for e in examples if task.plan(e).replay]
+    assert len(looped) >= 3
+    columns = {k: [e[k] for e in looped] for k in ("function_prompt", "test", "entry_point")}
+    prompts = [e["prompt"] for e in looped]
+    assert task.reward(prompts, [e["answer"] for e in looped], **columns) == [1.0] * len(looped)
+    for bad in ("    return None\n", "    import sys\n    sys.exit(0)\n", "import os\nos._exit(0)\n"):
+        assert task.reward(prompts, [bad] * len(looped), **columns) == [0.0] * len(looped)

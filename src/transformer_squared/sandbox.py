@@ -89,7 +89,8 @@ def passes(source: str, limits: SandboxLimits | None = None) -> bool:
     return run_python(source, limits).ok
 
 
-def _run(source: str, limits: SandboxLimits | None = None, hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
+def _run(source: str, limits: SandboxLimits | None = None,
+         hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
     """run_python, plus the isolation features that took effect (e.g. ["net", "pid", "readonly", "uid"])."""
     limits = limits or SandboxLimits()
     workdir = tempfile.mkdtemp(prefix="t2-sandbox-")

@@ -8,7 +8,8 @@ modes (see judge.py for who runs which and why):
              expression ("probe"), or call a function with decoded arguments ("call"); send one record per probe
              or call: {"value": <encoded>} or {"error": "<exception type>"}.
     record   (no candidate code) run a test's check() with the reference solution behind a recorder; send the
-             arguments of every call it makes, then {"done": n}.
+             arguments of every call it makes, then {"done": n}. With outputs=True (the fallback without a
+             reference, on the candidate's code) the outputs too.
     replay   (no candidate code) run check() with a stand-in that returns recorded outputs in order, refusing
              arguments that differ from the recorded ones; send {"verdict": "pass"} if check() returns.
 
@@ -20,7 +21,8 @@ values, holding the expected ones itself.
 
 `encode` accepts exactly None, bool, int, float, complex, str, bytes, list, tuple, dict, set and frozenset (and
 collections' Counter, OrderedDict, defaultdict) — `type(x) is T`, so no subclass (an int whose `__eq__` always
-answers True is not an int here) — nested at most MAX_DEPTH deep. `decode` rebuilds genuine built-in objects from JSON and rejects anything else.
+answers True is not an int here) — nested at most MAX_DEPTH deep. `decode` rebuilds genuine built-in objects
+from JSON and rejects anything else.
 """
 
 from __future__ import annotations
@@ -150,24 +152,27 @@ def _probe(send, candidate: str, steps: list) -> None:
         send(value=record)
 
 
-def _record(send, program: str, entry: str, seed: int) -> None:
+def _record(send, program: str, entry: str, seed: int, outputs: bool = False) -> None:
     ns = _namespace()
     exec(compile(program, "<reference>", "exec"), ns)  # noqa: S102
     reference, calls = ns[entry], []
 
     def recorder(*args):
-        calls.append(dumps(args))  # before the call: the reference may mutate its arguments
+        calls.append({"args": dumps(args)})  # before the call: the reference may mutate its arguments
         state = random.getstate()  # the reference's own use of random must not move check()'s stream
         try:
-            return reference(*args)
+            out = reference(*args)
         finally:
             random.setstate(state)
+        if outputs:
+            calls[-1]["output"] = encode(out)
+        return out
 
     ns[entry] = recorder
     random.seed(seed)
     ns["check"](recorder)
-    for args in calls:
-        send(args=args)
+    for call in calls:
+        send(**call)
     send(done=len(calls))
 
 

@@ -24,14 +24,17 @@ What decides is this:
    values — which the candidate could as well have returned — so cheating needs the expected values, and those
    are not in its process. (The few shown in the prompt, e.g. MBPP's first assert, are public by design.)
 4. HumanEval tests whose check() is more than asserts (loops, random inputs, helpers, property checks) are judged
-   by replay, which needs the canonical solution: a *record* run (reference solution, no candidate) lists the
+   by replay, from the canonical solution when there is one: a *record* run (reference solution, no candidate) lists the
    arguments check() passes to the candidate, with `random` seeded and the reference's own use of it undone; the
    candidate's run calls its function on those arguments and sends the outputs; a *replay* run (no candidate)
    runs check() with a stand-in that returns those outputs in order (refusing any other arguments) and says
    whether check() returned. That run holds only the dataset's code and decoded plain data, so it is believed.
 5. The sandbox hides the task's data folder (the expected values on disk) where it has a mount namespace.
 
-Limits: an assert that cannot be split (a call of an unknown function around the solution's output,
+Limits: without the canonical solution, a replayed check() takes its calls from the candidate's own run, where
+check() ran: arguments it forges are refused by the replay, but its code could read check()'s locals (e.g. the
+string that check() encoded before asking for its decoding); pass the solution (column 'answer') to close this.
+An assert that cannot be split (a call of an unknown function around the solution's output,
 `assert weird(f(x), 9)`) is probed whole, so that one expected value is visible to the candidate; neither MBPP nor
 HumanEval has such asserts. A check() whose later arguments depend on earlier outputs is judged correct only
 for outputs equal to the reference's. Hash-order-dependent tests may differ between runs (-I ignores
@@ -66,7 +69,7 @@ _cache: dict[str, Any] = {}  # expected values and recorded calls, per test list
 
 
 class PlanError(ValueError):
-    """Tests this judge cannot use (e.g. a HumanEval check() needing replay, without its canonical solution)."""
+    """Tests this judge cannot use (they do not parse, hold no assert, or define no check())."""
 
 
 # ------------------------------------------------------------------------------------------------ the plan
@@ -121,6 +124,8 @@ class _Splitter(ast.NodeTransformer):
             node.args = [self.visit(a) for a in node.args]
             node.keywords = [self.visit(k) for k in node.keywords]
             return node
+        if isinstance(node, ast.Name) and node.id in _PURE_CALLS and node.id not in self.candidate_names:
+            return node  # sorted(f(x), key=len)
         if isinstance(node, self.KEEP) and not isinstance(node, ast.Starred):
             return self.generic_visit(node)
         return self.hole(node)
@@ -161,13 +166,16 @@ def _add_statement(plan: Plan, statement: ast.stmt, candidate_names: frozenset[s
 def _function_under_test(modules: list[ast.Module]) -> frozenset[str]:
     """Names the solution defines even though builtins have them: MBPP 126 tests a function named `sum`. Only
     when the tests call builtin names alone; otherwise builtins are builtins (`abs(f(x) - 3) < 1e-9`)."""
-    called = [n.func.id for m in modules for n in ast.walk(m) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    called = [n.func.id for m in modules for n in ast.walk(m)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
     if not called or any(not hasattr(builtins, name) for name in called):
         return frozenset()
     first = next(s for m in modules for s in m.body if isinstance(s, ast.Assert)).test
     while isinstance(first, (ast.Compare, ast.UnaryOp)):
         first = first.left if isinstance(first, ast.Compare) else first.operand
-    return frozenset({first.func.id}) if isinstance(first, ast.Call) and isinstance(first.func, ast.Name) else frozenset()
+    if isinstance(first, ast.Call) and isinstance(first.func, ast.Name):
+        return frozenset({first.func.id})
+    return frozenset()
 
 
 def unit_test_plan(tests: Sequence[str], setup: str = "") -> Plan:
@@ -205,7 +213,8 @@ def _top_level_names(module: ast.Module) -> set[str]:
 
 
 def humaneval_plan(prompt: str, test: str, entry_point: str, reference: str | None = None) -> Plan:
-    """HumanEval: `test` defines check(candidate). Asserts-only checks are split; others need `reference`."""
+    """HumanEval: `test` defines check(candidate). Asserts-only checks are split; others are replayed, from the
+    calls the `reference` solution gets (without one: the calls the candidate's own run reports, see Limits)."""
     try:
         module = ast.parse(test)
     except SyntaxError as e:
@@ -230,9 +239,6 @@ def humaneval_plan(prompt: str, test: str, entry_point: str, reference: str | No
         for statement in body:
             _add_statement(plan, statement, frozenset({param, entry_point}))
         return plan
-    if reference is None:
-        raise PlanError(f"check() of {entry_point!r} is more than asserts and is judged by replay, which needs the "
-                        "canonical solution (column 'answer')")
     return Plan(replay={"prompt": prompt, "reference": reference, "test": test, "entry": entry_point})
 
 
@@ -263,6 +269,20 @@ def _values(records: list[dict] | None, n: int) -> list | None:
         return None
     try:
         return [evidence.decode(r["value"]) for r in records]
+    except (evidence.NotPlain, RecursionError):
+        return None
+
+
+def _calls(records: list[dict] | None, outputs: bool) -> list | None:
+    """A record run's calls: [args] (reference), or [[args, output]] with outputs re-encoded canonically."""
+    fields = ["args", "output"] if outputs else ["args"]
+    if not records or records[-1] != {"done": len(records) - 1} or any(
+            sorted(r) != fields or type(r["args"]) is not str for r in records[:-1]):
+        return None
+    if not outputs:
+        return [r["args"] for r in records[:-1]]
+    try:
+        return [[r["args"], evidence.dumps(evidence.decode(r["output"]))] for r in records[:-1]]
     except (evidence.NotPlain, RecursionError):
         return None
 
@@ -319,7 +339,8 @@ class Judge:
             _cache["expected", plan.key] = _values(_records(result.stdout), len(plan.expected))
 
     def recorded_calls(self, plans: list[Plan]) -> None:
-        todo = {p.key: p for p in plans if p.replay and ("calls", p.key) not in _cache}
+        todo = {p.key: p for p in plans if p.replay and p.replay["reference"] is not None
+                and ("calls", p.key) not in _cache}
         programs = []
         for p in todo.values():
             r = p.replay
@@ -327,9 +348,7 @@ class Judge:
             programs.append(_program("record", program=source, entry=r["entry"], seed=REPLAY_SEED))
         for plan, result in zip(todo.values(), _map(self.run, programs)):
             records = _records(result.stdout)
-            ok = records and records[-1] == {"done": len(records) - 1} and all(
-                list(r) == ["args"] for r in records[:-1])
-            _cache["calls", plan.key] = [r["args"] for r in records[:-1]] if ok else None
+            _cache["calls", plan.key] = _calls(records, outputs=False)
 
     def verdicts(self, jobs: Sequence[tuple[Plan, str | None]]) -> list[bool]:
         plans = [p for p, code in jobs if code is not None]
@@ -338,6 +357,11 @@ class Judge:
         runs = []  # (job index, program)
         for i, (plan, code) in enumerate(jobs):
             if code is None or (plan.expected and _cache["expected", plan.key] is None):
+                continue
+            if plan.replay and plan.replay["reference"] is None:  # the weaker fallback: see Limits
+                r = plan.replay
+                runs.append((i, _program("record", program=f"{code}\n\n{r['test']}\n", entry=r["entry"],
+                                         seed=REPLAY_SEED, outputs=True)))
                 continue
             if plan.replay:
                 calls = _cache["calls", plan.key]
@@ -352,6 +376,11 @@ class Judge:
         for i, result in results.items():
             plan = jobs[i][0]
             if result.timed_out:
+                continue
+            if plan.replay and plan.replay["reference"] is None:
+                calls = _calls(_records(result.stdout), outputs=True)
+                if calls is not None:
+                    replays.append((i, calls))
                 continue
             if plan.replay:
                 calls = _cache["calls", plan.key]

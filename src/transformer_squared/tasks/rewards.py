@@ -8,7 +8,10 @@ Two kinds of functions live here:
   string or, as TRL passes conversational data, a list of chat messages (the last message's content is scored).
 
 Code is only ever run through `transformer_squared.sandbox` (a subprocess with resource limits), never in-process,
-and judged by `tasks.judge` from the values it produces, never from its exit status (see judge.py's threat model).
+and judged by `tasks.judge` from the values it produces, never from its exit status. Threat model (stated in full
+in judge.py): the candidate owns its whole sandboxed process (exits, patches, forged output, threads, frames), so
+that process is never believed; it only ever holds the tests' inputs, the expected values stay in this process
+(or in runs without the candidate), and this process compares type-exact plain values.
 """
 
 from __future__ import annotations
