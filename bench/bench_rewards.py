@@ -2,7 +2,8 @@
 the judge (tasks/judge.py: values probed in the sandbox, compared here), side by side in one run.
 
     reward throughput   programs judged per second of wall time, both with the same CODE_WORKERS sandbox runs at
-                        once, on the same `--n` reference solutions (the judge's expected-value runs included)
+                        once, on the same `--n` reference solutions (the judge's expected-value runs included),
+                        in alternating chunks of `--chunk` so that both sides see the same machine load
     false negatives     reference solutions that do not score 1 (goal 0), over all 974 by default
     false positives     hostile completions that score 1 (sys.exit(0) / os._exit(0) at the top, an always-equal
                         object returned), over the first `--hostile` tasks
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mbpp"))
     p.add_argument("--n", type=int, default=974, help="reference solutions to judge")
     p.add_argument("--hostile", type=int, default=50, help="tasks to attack with each hostile completion")
+    p.add_argument("--chunk", type=int, default=100, help="references per alternating old/new chunk")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     records = [json.loads(line) for line in (Path(args.data) / "mbpp.jsonl").read_text().splitlines()][: args.n]
@@ -56,14 +58,21 @@ def main() -> None:
     limits = SandboxLimits(timeout_s=30.0, output_bytes=4 << 20)  # the same limits on both sides
     print(f"{len(records)} MBPP references, {judge.CODE_WORKERS} sandbox runs at once, load {os.getloadavg()[0]:.2f}")
     out = {"n": len(records), "load_before": os.getloadavg()[0]}
-    for name, fn in [("old", old_verdicts), ("new", new_verdicts)]:
-        start = time.perf_counter()
-        verdicts = fn(records, codes, limits)
-        seconds = time.perf_counter() - start
-        missed = [r["task_id"] for r, ok in zip(records, verdicts) if not ok]
-        out[name] = {"seconds": seconds, "programs_per_s": len(records) / seconds, "false_negatives": missed}
-        print(f"{name}: {len(records) / seconds:.2f} programs/s ({seconds:.1f} s); false negatives "
-              f"{len(missed)}/{len(records)} = {len(missed) / len(records):.2%} {missed[:20]}")
+    seconds, missed = {"old": 0.0, "new": 0.0}, {"old": [], "new": []}
+    sides = [("old", old_verdicts), ("new", new_verdicts)]
+    # Interleaved chunks, the order swapped every chunk: a machine shared with other jobs changes speed over minutes.
+    for c, lo in enumerate(range(0, len(records), args.chunk)):
+        chunk, chunk_codes = records[lo: lo + args.chunk], codes[lo: lo + args.chunk]
+        for name, fn in sides if c % 2 == 0 else sides[::-1]:
+            start = time.perf_counter()
+            verdicts = fn(chunk, chunk_codes, limits)
+            seconds[name] += time.perf_counter() - start
+            missed[name] += [r["task_id"] for r, ok in zip(chunk, verdicts) if not ok]
+    for name in ("old", "new"):
+        out[name] = {"seconds": seconds[name], "programs_per_s": len(records) / seconds[name],
+                     "false_negatives": missed[name]}
+        print(f"{name}: {len(records) / seconds[name]:.2f} programs/s ({seconds[name]:.1f} s); false negatives "
+              f"{len(missed[name])}/{len(records)} = {len(missed[name]) / len(records):.2%} {missed[name][:20]}")
     print(f"throughput new / old: {out['new']['programs_per_s'] / out['old']['programs_per_s']:.2f}x")
     hostile = records[: args.hostile]
     for attack, template in ATTACKS.items():
