@@ -53,6 +53,7 @@ def test_plan_keeps_expected_values_out_of_the_candidates_run():
     assert unit_test_plan(["assert sum(10, 15) == 6"]).steps == [("probe", "sum(10, 15)")]  # MBPP 126
     assert unit_test_plan(["assert abs(f(1) - 2) < 1"]).steps == [("probe", "f(1)")]  # abs stays the builtin
     assert unit_test_plan(["assert sorted(f(1), key=len) == []"]).steps == [("probe", "f(1)")]
+    assert unit_test_plan(["assert random(5) == 3"]).steps == [("probe", "random(5)")]  # a function, not the module
     assert unit_test_plan(["assert all(f(x) for x in (1, 2))"]).steps == [("probe", "all((f(x) for x in (1, 2)))")]
     with pytest.raises(PlanError, match="no assert"):
         unit_test_plan(["x = 1"])

@@ -133,7 +133,9 @@ class _Splitter(ast.NodeTransformer):
     def hole(self, node: ast.expr) -> ast.Name:
         source = ast.unparse(node)
         names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-        trusted = names and not names & self.candidate_names and all(
+        called = {n.func.id for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        # a module is never called: `random(5)` is the solution's function named like one
+        trusted = names and not names & self.candidate_names and not called & _STDLIB and all(
             n in _STDLIB or hasattr(builtins, n) or n in self.plan.trusted_names for n in names)
         if trusted:
             self.plan.expected.append(source)
