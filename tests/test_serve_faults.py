@@ -232,6 +232,7 @@ MALFORMED = [  # (body or raw bytes, words the error message must hold)
     ({"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}, ["max_tokens"]),
     ({"model": "base", "messages": [{"role": "wizard", "content": "hi"}]}, ["role"]),
     ({"model": "base", "messages": []}, ["messages"]),
+    ({"model": "base", "messages": [{"role": "user", "content": ""}] * 300}, ["300 messages", "--max-prompt-tokens"]),
     (chat("hi", max_tokens=10 ** 12), ["max_tokens"]),
     (chat("hi", seed=10 ** 30), ["seed"]),
     (chat("hi", stop=["a"] * 9), ["stop"]),

@@ -16,7 +16,8 @@ shutting down 503.
 
 One client must not stall the others, so the event loop only routes: bodies over the limit are refused before
 they are read (body_limit.py); a prompt with more characters than `max_prompt_tokens` tokens could hold (the
-longest vocabulary entry times the limit) is refused before the chat template or the tokenizer sees it; the
+longest vocabulary entry times the limit), or more messages than that many tokens (a chat template spends at least
+one token per message), is refused before the chat template or the tokenizer sees it; the
 template, tokenization and expert look-ups (which may read the library from disk) run in a worker thread; the
 engine's own thread does all the model work.
 
@@ -402,6 +403,9 @@ def add_completion_routes(app: FastAPI, serving: Serving) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(body: schemas.ChatRequest):
         messages = [m.as_template_message() for m in body.messages]
+        if len(messages) > limits.max_prompt_tokens:  # see the module docstring
+            raise APIError(400, f"{len(messages)} messages cannot fit in {limits.max_prompt_tokens} tokens "
+                                "(--max-prompt-tokens)", "messages", "context_length_exceeded")
         serving.check_characters(sum(len(m["content"]) for m in messages), "messages")
         j = await asyncio.to_thread(chat_job, body, messages)
         answered_by = await _run(engine, j)
