@@ -23,12 +23,14 @@ On Linux, each of these where the kernel permits it (`_run` reports which took e
 - mount, tmp, readonly: new mount namespace: the whole filesystem read-only (mount_setattr, Linux >= 5.12)
   except fresh size-limited tmpfs on /tmp (holding the workdir) and /dev/shm; the caller's home and /run (with
   the sockets of D-Bus, Docker...) hidden under empty tmpfs; the interpreter's tree bound back read-only where
-  hiding took it away (e.g. pyenv in /root).
+  hiding took it away (e.g. pyenv in /root); folders the caller names (`hide`, e.g. the dataset) hidden likewise.
 Not provided: a seccomp filter; hiding world-readable files (/etc, /usr, a world-readable project tree...); a
 limit on total CPU of all processes (the wall clock bounds it); a quota beyond the tmpfs sizes. Without
 namespaces (non-Linux; a container or kernel that forbids them) the program keeps the caller's network and
 filesystem and, when not root, its uid (so it may signal or read what the caller can); as root, the interpreter
 must then be reachable by any uid. On Windows only the timeout and the minimal environment remain.
+The exit status and output of a hostile program are whatever it wants them to be: they contain it, they do not
+judge it. Unit-test rewards are decided from values by tasks/judge.py (its docstring states that threat model).
 A sandbox that cannot start the program at all (e.g. an unreadable interpreter) raises RuntimeError rather than
 returning a failed result, so a broken setup never passes for 0 rewards.
 """
@@ -73,9 +75,13 @@ class SandboxResult:
         return self.returncode == 0 and not self.timed_out
 
 
-def run_python(source: str, limits: SandboxLimits | None = None) -> SandboxResult:
-    """Run `source` as a Python program in the sandbox and wait for it (at most `limits.timeout_s`)."""
-    return _run(source, limits)[0]
+def run_python(source: str, limits: SandboxLimits | None = None, hide: tuple[str, ...] = ()) -> SandboxResult:
+    """Run `source` as a Python program in the sandbox and wait for it (at most `limits.timeout_s`).
+
+    `hide`: files or folders the program must not read (e.g. a dataset with the expected answers); each folder,
+    and each file's folder, is covered by an empty tmpfs where there is a mount namespace ("hide" isolation).
+    """
+    return _run(source, limits, hide)[0]
 
 
 def passes(source: str, limits: SandboxLimits | None = None) -> bool:
@@ -83,7 +89,8 @@ def passes(source: str, limits: SandboxLimits | None = None) -> bool:
     return run_python(source, limits).ok
 
 
-def _run(source: str, limits: SandboxLimits | None = None) -> tuple[SandboxResult, list[str]]:
+def _run(source: str, limits: SandboxLimits | None = None,
+         hide: tuple[str, ...] = ()) -> tuple[SandboxResult, list[str]]:
     """run_python, plus the isolation features that took effect (e.g. ["net", "pid", "readonly", "uid"])."""
     limits = limits or SandboxLimits()
     workdir = tempfile.mkdtemp(prefix="t2-sandbox-")
@@ -100,7 +107,8 @@ def _run(source: str, limits: SandboxLimits | None = None) -> tuple[SandboxResul
             if os.name == "posix":
                 config = {"report_fd": report_w, "parent": os.getpid(), "python": python, "workdir": workdir,
                           "prefix": os.path.realpath(sys.base_prefix), "home": os.path.expanduser("~"),
-                          "uid": _UID_BASE + secrets.randbelow(_UID_COUNT), "limits": asdict(limits)}
+                          "uid": _UID_BASE + secrets.randbelow(_UID_COUNT), "limits": asdict(limits),
+                          "hide": [os.path.realpath(p) for p in hide]}
                 # Run this file as a script, via runpy: on 3.10, -I would still put this package's directory
                 # first on sys.path, where a future module named like a stdlib one would shadow it.
                 run_file = "import runpy, sys; del sys.argv[0]; runpy.run_path(sys.argv[0], run_name='__main__')"
@@ -301,7 +309,8 @@ def _private_filesystem(cfg: dict, root: bool, prefix_fd: int) -> None:
     """Private mount propagation, fresh writable tmpfs, secrets hidden, the interpreter still reachable."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # first, so no mount below ever shows up on the host
     # Hidden under an empty tmpfs: the caller's home, and /run with its sockets (D-Bus, Docker, user runtime dirs).
-    for path in dict.fromkeys(os.path.realpath(p) for p in (cfg["home"], "/run", "/var/run")):
+    hidden = [p if os.path.isdir(p) else os.path.dirname(p) for p in cfg.get("hide", []) if os.path.exists(p)]
+    for path in dict.fromkeys(os.path.realpath(p) for p in (cfg["home"], "/run", "/var/run", *hidden)):
         if path != "/" and os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
     mb = 4 * cfg["limits"]["file_mb"]

@@ -47,6 +47,8 @@ def register(sub) -> None:
                    help="how long a batch that is not full waits for more requests before it starts")
     p.add_argument("--shutdown-timeout", type=nonneg_float, default=defaults.shutdown_timeout_s,
                    help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
+    p.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
+                   help="larger request bodies get 413, before they are read (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=serve_cmd)
 
@@ -70,7 +72,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     from ..svf import load_svf
 
     limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
-                         args.batch_window_ms / 1000, args.shutdown_timeout)
+                         args.batch_window_ms / 1000, args.shutdown_timeout, args.max_body_bytes)
     if not _is_loopback(args.host) and not args.api_key:
         print(f"t2 serve: warning: listening on {args.host} without --api-key: anyone who can reach it can use "
               "the model and add or remove experts", file=sys.stderr)
@@ -83,7 +85,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
     app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
                      limits=limits, batching=args.batching)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=int(args.shutdown_timeout) or None)
+                            timeout_graceful_shutdown=args.shutdown_timeout)  # seconds, fractions too (0: cancel at once)
     _graceful_server(uvicorn, config).run()
     return 0
 

@@ -7,6 +7,7 @@ mixture of experts or self-adaptation ("auto"), and decodes requests for differe
     batching.py  which of the two a batch uses, from costs measured at start-up
     engine.py    the request queue and the one worker thread that owns the model
     config.py    ServeLimits
+    body_limit.py  413 for request bodies over --max-body-bytes, before they are read
     app.py       the FastAPI app (create_app)
 
 Exports are imported lazily so that `t2 -h` needs neither fastapi nor torch.

@@ -13,8 +13,9 @@ class ServeLimits:
     max_tokens: int = 512  # the most tokens one request may ask for (and the default for chat)
     batch_window_s: float = 0.05  # how long a non-full batch waits for more requests before it starts
     shutdown_timeout_s: float = 30.0  # in-flight requests get this long to finish on shutdown
+    max_body_bytes: int = 4 << 20  # larger request bodies get 413 before they are read (Content-Length or chunked)
 
     def __post_init__(self):
-        for name in ("max_batch_size", "max_queue", "max_prompt_tokens", "max_tokens"):
+        for name in ("max_batch_size", "max_queue", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

@@ -3,14 +3,16 @@
 MBPP (Austin et al., 2021): `{"text", "code", "task_id", "test_setup_code", "test_list", "challenge_test_list"}`.
 Splits as its release defines them: task_id 11-510 test (500), 511-600 valid (90), 601-974 train (374); 1-10 are
 its few-shot prompts and belong to no split. The prompt is the description, the first assert (it shows the
-function's name and signature) and a request for a ```python block. A completion passes when the program
-"extracted code, test_setup_code, every assert in test_list" exits cleanly in the sandbox.
+function's name and signature) and a request for a ```python block. A completion passes when every assert in
+test_list holds for the extracted code (after test_setup_code), as judged by `tasks.judge` from the values the
+sandboxed code produces — never from its exit status.
 
 HumanEval (Chen et al., 2021): `{"task_id", "prompt", "canonical_solution", "test", "entry_point"}` from a user
 .jsonl(.gz) file (or a folder holding HumanEval.jsonl). It is an evaluation set: every record is "test" and there
-is no train or valid split. The program is the function prompt, then the completion, then the tests and
-`check(entry_point)`. The prompt comes first even when the completion redefines the whole function: its imports
-and helpers stay defined, its docstring-only stub is valid Python, and the completion's `def` replaces it.
+is no train or valid split. The candidate's code is the function prompt, then the completion; `tasks.judge` runs
+check(entry_point)'s asserts against it (replaying check() with the canonical solution's calls when it is more
+than asserts). The prompt comes first even when the completion redefines the whole function: its imports and
+helpers stay defined, its docstring-only stub is valid Python, and the completion's `def` replaces it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from __future__ import annotations
 import re
 
 from .base import Example, Task, data_file, hub_dataset, read_jsonl, rows
-from .rewards import completion_text, extract_code, indent_body, run_programs, unit_test_program
+from .judge import Judge, Plan, humaneval_plan, unit_test_plan
+from .rewards import completion_text, extract_code, indent_body
 
 MBPP_INSTRUCTION = "Write the Python function in a ```python code block."
 MBPP_SPLITS = {"test": range(11, 511), "valid": range(511, 601), "train": range(601, 975)}
@@ -30,24 +33,31 @@ def fenced(code: str) -> str:
 
 
 class CodeTask(Task):
-    """Shared scoring: build one program per completion, run them all in the sandbox."""
+    """Shared scoring: the candidate's code and the example's test plan per completion, judged in one batch."""
 
     domain = "code"
     description = "code: writing short Python functions that pass unit tests"
 
     def program(self, completion: str, example: Example) -> str | None:
+        """The candidate's code (None when the completion holds none); the tests are not part of it."""
+        raise NotImplementedError
+
+    def plan(self, example: Example) -> Plan:
         raise NotImplementedError
 
     def extract(self, completion: str) -> str | None:
         return extract_code(completion)
 
+    def judge(self) -> Judge:
+        return Judge(hide=[self.data] if self.data is not None else [])  # the expected answers stay out of reach
+
     def score(self, completion: str, example: Example) -> float:
-        return float(run_programs([self.program(completion, example)])[0])
+        return float(self.judge().verdicts([(self.plan(example), self.program(completion, example))])[0])
 
     def reward(self, prompts: list, completions: list, **columns: list) -> list[float]:
         examples = rows(prompts, columns)
-        programs = [self.program(completion_text(c), example) for c, example in zip(completions, examples)]
-        return [float(ok) for ok in run_programs(programs)]  # concurrently, unlike score() one by one
+        jobs = [(self.plan(e), self.program(completion_text(c), e)) for c, e in zip(completions, examples)]
+        return [float(ok) for ok in self.judge().verdicts(jobs)]  # concurrently, unlike score() one by one
 
 
 class MBPPTask(CodeTask):
@@ -82,7 +92,10 @@ class MBPPTask(CodeTask):
         return examples
 
     def program(self, completion: str, example: Example) -> str | None:
-        return unit_test_program(self.extract(completion), example.get("setup", ""), example["tests"])
+        return self.extract(completion)
+
+    def plan(self, example: Example) -> Plan:
+        return unit_test_plan(example["tests"], example.get("setup", ""))
 
 
 class HumanEvalTask(CodeTask):
@@ -123,4 +136,8 @@ class HumanEvalTask(CodeTask):
         prompt = example["function_prompt"]
         if not prompt.endswith("\n"):
             prompt += "\n"
-        return f"{prompt}{body}\n\n{example['test']}\n\ncheck({example['entry_point']})\n"
+        return f"{prompt}{body}\n"
+
+    def plan(self, example: Example) -> Plan:
+        return humaneval_plan(example["function_prompt"], example["test"], example["entry_point"],
+                              example.get("answer"))

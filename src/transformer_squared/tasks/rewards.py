@@ -7,7 +7,11 @@ Two kinds of functions live here:
   `tasks.base.REWARDS`. Columns are lists aligned with `completions` (e.g. `answer=[...]`); a completion may be a
   string or, as TRL passes conversational data, a list of chat messages (the last message's content is scored).
 
-Code is only ever run through `transformer_squared.sandbox` (a subprocess with resource limits), never in-process.
+Code is only ever run through `transformer_squared.sandbox` (a subprocess with resource limits), never in-process,
+and judged by `tasks.judge` from the values it produces, never from its exit status. Threat model (stated in full
+in judge.py): the candidate owns its whole sandboxed process (exits, patches, forged output, threads, frames), so
+that process is never believed; it only ever holds the tests' inputs, the expected values stay in this process
+(or in runs without the candidate), and this process compares type-exact plain values.
 """
 
 from __future__ import annotations
@@ -15,16 +19,12 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 # A number: optional minus, digits with optional 3-digit comma groups, optional decimals (or a bare ".5").
 # Not preceded by a letter, digit or '.', so "x2", "v1.2.3"'s tail and "10-5"'s minus are not misread.
 _NUMBER = re.compile(r"(?<![A-Za-z0-9.])[-−]?(?:\d+(?:,\d{3}(?!\d))*(?:\.\d+)?|\.\d+)")
-
-# At most this many programs run in the sandbox at once (each is a subprocess; this machine class has 2 cores).
-CODE_WORKERS = 2
 
 
 def completion_text(completion: Any) -> str:
@@ -177,26 +177,6 @@ def extract_code(completion: str) -> str | None:
     return code if code.strip() else None
 
 
-def unit_test_program(code: str | None, setup: str, tests: Sequence[str]) -> str | None:
-    """MBPP-style program: the solution, then the test setup (it may use the solution's classes), then the asserts."""
-    if code is None:
-        return None
-    return "\n".join([code, setup or "", *tests]) + "\n"
-
-
-def run_programs(programs: Sequence[str | None], limits: Any = None) -> list[bool]:
-    """Whether each program exits cleanly in the sandbox (None never passes); at most CODE_WORKERS at a time."""
-    from ..sandbox import passes
-
-    def run(program: str | None) -> bool:
-        return program is not None and passes(program, limits)
-
-    if len(programs) <= 1:
-        return [run(program) for program in programs]
-    with ThreadPoolExecutor(max_workers=min(CODE_WORKERS, len(programs))) as pool:
-        return list(pool.map(run, programs))
-
-
 def indent_body(code: str) -> str:
     """Indent a function body that a model wrote flush-left, so it can follow a `def` line."""
     lines = [line for line in code.splitlines() if line.strip()]
@@ -250,10 +230,11 @@ def letter_reward(
 def unit_tests_reward(
     prompts: list, completions: list, tests: list | None = None, setup: list | None = None, **_: Any
 ) -> list[float]:
-    """1.0 where extracted code + setup + all asserts in `tests` runs cleanly in the sandbox (MBPP), else 0.0."""
+    """1.0 where every assert in `tests` holds for the extracted code after `setup` (MBPP), as judged by
+    tasks.judge from the values the code produces in the sandbox, else 0.0."""
+    from .judge import Judge, unit_test_plan
+
     tests = _column("tests", tests, len(completions))
     setup = setup or [""] * len(completions)
-    programs = [
-        unit_test_program(extract_code(completion_text(c)), s, t) for c, s, t in zip(completions, setup, tests)
-    ]
-    return [float(ok) for ok in run_programs(programs)]
+    jobs = [(unit_test_plan(t, s), extract_code(completion_text(c))) for c, s, t in zip(completions, setup, tests)]
+    return [float(ok) for ok in Judge().verdicts(jobs)]
