@@ -4,7 +4,8 @@ Rollouts use merged weights under no_grad (as fast as the base model); log-probs
 factored path, so no dense weight gradient is ever built. Every `save_every` steps the run state (trainable
 tensors, optimizer, step, best validation score) is written atomically to `<run_dir>/checkpoint.pt`; a killed run
 resumed with `--resume` loses at most one interval and continues the same sequence of batches and samples
-(each step's randomness is seeded from (seed, step)). The best expert on the validation split is written to
+(each step's randomness is seeded from (seed, step)); a GRPO step, which takes several updates, is also
+checkpointed between its updates (training/grpo.py). The best expert on the validation split is written to
 `--out` whenever it improves, with its metrics in expert.json.
 """
 
