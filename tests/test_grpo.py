@@ -306,3 +306,10 @@ def test_grpo_flags_are_on_the_cli():
     cfg = config_from_args(args)
     assert (cfg.objective, cfg.clip_eps, cfg.ppo_epochs, cfg.minibatches, cfg.loss_norm) == ("grpo", 0.1, 3, 2, "token")
     assert "clipped to [1 − ε, 1 + ε]" in parser.format_help()
+
+
+def test_grpo_trains_the_lora_baseline_too(tiny_folder, tmp_path, parity):
+    cfg = grpo_config(tiny_folder, tmp_path, "lora", method="lora", lora_rank=4, steps=1, lr=0.05)
+    train(cfg)
+    assert metrics(cfg)[0]["updates"] == 4
+    assert (Path(cfg.out) / "adapter_config.json").is_file()
