@@ -137,6 +137,19 @@ def test_clip_engages_exactly_where_the_ratio_leaves_the_interval(sign):
     assert m["clip_frac"] == pytest.approx(sum(clipped) / len(RATIOS))
 
 
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_boundary_itself_passes_the_full_gradient(sign):
+    # ρ exactly 1 ± ε (ε = 0.25, float64: exp(log 1.25) is 1.25 to the bit): the two branches of the minimum tie,
+    # torch.minimum gives each half and clamp passes its edge, so the gradient is the unclipped −ρA
+    logp = torch.tensor([[1.25, 0.75]], dtype=torch.float64).log().requires_grad_(True)
+    assert torch.equal(logp.detach().exp(), torch.tensor([[1.25, 0.75]], dtype=torch.float64))
+    loss, m = clipped_policy_loss(logp, torch.zeros_like(logp), torch.ones_like(logp),
+                                  torch.tensor([sign], dtype=torch.float64), 0.25)
+    loss.backward()
+    assert torch.equal(logp.grad, torch.tensor([[-1.25 * sign, -0.75 * sign]], dtype=torch.float64))
+    assert m["clip_frac"] == 0.0
+
+
 def test_kl_term_is_the_k3_estimator_with_the_same_normalisation():
     from transformer_squared.training.objectives import kl_k3
 
