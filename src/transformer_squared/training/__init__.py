@@ -1,1 +1,1 @@
-"""Training experts: objectives (reinforce, rloo, sft), the loop, the LoRA baseline and evaluation."""
+"""Training experts: objectives (reinforce, rloo, grpo, sft), the loop, the LoRA baseline and evaluation."""

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OBJECTIVES = ("reinforce", "rloo", "sft")
+OBJECTIVES = ("reinforce", "rloo", "grpo", "sft")
 METHODS = ("svf", "lora")
 
 
@@ -24,7 +24,7 @@ class TrainConfig:
     out: str = ""  # expert folder to write (the trained expert lands here, library-style)
     run_dir: str | None = None  # checkpoints, metrics.jsonl, plot.png; None means runs/<out name>-<hash of out path>
     method: str = "svf"  # svf | lora
-    objective: str = "rloo"  # reinforce (paper) | rloo | sft
+    objective: str = "rloo"  # reinforce (paper) | rloo | grpo (clipped, several passes) | sft
     targets: str = "mlp"  # SVF: matrices to adapt
     parametrization: str = "paper"  # SVF: paper | reference
     steps: int = 60  # optimisation steps
@@ -33,6 +33,10 @@ class TrainConfig:
     lr: float = 2e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
+    clip_eps: float = 0.2  # grpo: the ratio π/π_old is clipped to [1 − ε, 1 + ε]
+    ppo_epochs: int = 1  # grpo: optimisation passes over each batch of rollouts
+    minibatches: int = 1  # grpo: updates per pass, each on batch_size/minibatches prompts (whole groups)
+    loss_norm: str = "sequence"  # grpo: sequence (mean of per-sample token means) | token (over all tokens)
     kl_coef: float = 0.0  # λ: KL penalty to the base model (paper: reinforce with KL)
     temperature: float = 1.0  # rollout sampling temperature
     max_new_tokens: int = 0  # 0 = the task's default
@@ -56,7 +60,21 @@ class TrainConfig:
             raise ValueError(f"--objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.objective == "rloo" and self.group_size < 2:
             raise ValueError("--objective rloo needs --group-size >= 2 (the baseline leaves one sample out)")
-        for name in ("steps", "batch_size", "group_size", "valid_every", "save_every", "valid_n"):
+        if self.objective == "grpo" and self.group_size < 2:
+            raise ValueError("--objective grpo needs --group-size >= 2 (advantages are normalised within a group)")
+        if self.objective != "grpo":
+            for name, default in (("clip_eps", 0.2), ("ppo_epochs", 1), ("minibatches", 1), ("loss_norm", "sequence")):
+                if getattr(self, name) != default:
+                    raise ValueError(f"--{name.replace('_', '-')} applies to --objective grpo only")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"--clip-eps must be in (0, 1), got {self.clip_eps}")
+        if self.loss_norm not in ("sequence", "token"):
+            raise ValueError(f"--loss-norm {self.loss_norm!r}: choose sequence or token")
+        if self.minibatches > self.batch_size:
+            raise ValueError(f"--minibatches {self.minibatches} exceeds --batch-size {self.batch_size}: "
+                             "each minibatch needs at least one prompt")
+        for name in ("steps", "batch_size", "group_size", "valid_every", "save_every", "valid_n", "ppo_epochs",
+                     "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr <= 0:

@@ -35,6 +35,13 @@ class Rollout:
         return Rollout(self.input_ids[sl], self.attention_mask[sl], self.completion_mask[sl], self.prompt_len,
                        self.completions[sl], self.group_size)
 
+    def groups(self, index: list[int]) -> "Rollout":
+        """The rollout of the given groups (prompts), in that order; each group keeps its K rows together."""
+        K = self.group_size
+        rows = torch.tensor([g * K + k for g in index for k in range(K)], dtype=torch.long)
+        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_len,
+                       [self.completions[i] for i in rows.tolist()], K)
+
     def chunks(self, max_tokens: int = 8192) -> list[slice]:
         """Row slices of about `max_tokens` tokens each, whole groups only (bounds the logits in memory)."""
         K = self.group_size

@@ -4,7 +4,8 @@ Rollouts use merged weights under no_grad (as fast as the base model); log-probs
 factored path, so no dense weight gradient is ever built. Every `save_every` steps the run state (trainable
 tensors, optimizer, step, best validation score) is written atomically to `<run_dir>/checkpoint.pt`; a killed run
 resumed with `--resume` loses at most one interval and continues the same sequence of batches and samples
-(each step's randomness is seeded from (seed, step)). The best expert on the validation split is written to
+(each step's randomness is seeded from (seed, step)); a GRPO step, which takes several updates, is also
+checkpointed between its updates (training/grpo.py). The best expert on the validation split is written to
 `--out` whenever it improves, with its metrics in expert.json.
 """
 
@@ -23,6 +24,7 @@ from ..atomic import atomic_file, atomic_folder
 from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
 from .evaluate import default_max_new_tokens, evaluate
+from .grpo import grpo_step
 from .objectives import advantages, policy_loss, sft_loss
 from .rollout import sample, teacher_forced, token_logprobs
 
@@ -106,6 +108,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
         start, best, best_step = state["step"], state["best_valid"], state["best_step"]
+    inner = state.get("grpo") if state is not None else None  # a GRPO step interrupted between updates
 
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
@@ -124,7 +127,12 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
             rng = random.Random(f"{cfg.seed}:{step}")
             torch.manual_seed(rng.randrange(2**31))
             batch = [task.augment(e, rng) for e in rng.sample(train_set, min(cfg.batch_size, len(train_set)))]
-            record = _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer)
+            if cfg.objective == "grpo":  # several updates per step; checkpoints between them (training/grpo.py)
+                save = lambda inner, step=step: _checkpoint(ckpt_path, cfg, policy, optimizer, step, best, best_step,
+                                                            inner)
+                record = grpo_step(cfg, policy, task, batch, max_new, optimizer, step, save, inner)
+            else:
+                record = _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer)
             record.update(step=step + 1, seconds=round(time.perf_counter() - t0, 2))
             if (step + 1) % cfg.valid_every == 0 or step + 1 == cfg.steps:
                 with policy.sampling():
@@ -146,10 +154,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
                         writer.add_scalar(k, v, step + 1)
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward", "nll", "valid_accuracy") if k in record})
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-                with atomic_file(ckpt_path) as tmp:
-                    torch.save({"config": cfg.to_dict(), "policy": policy.state_dict(),
-                                "optimizer": optimizer.state_dict(), "step": step + 1, "best_valid": best,
-                                "best_step": best_step}, tmp)
+                _checkpoint(ckpt_path, cfg, policy, optimizer, step + 1, best, best_step)
     finally:
         log.close()
         if writer is not None:
@@ -174,6 +179,13 @@ def _record_best(cfg: TrainConfig, svf, task) -> None:
     # a resumed run whose best is still the saved one (same z) was recorded already
     if not any(r.get("source") == "train" for r in ExpertMemory(Path(cfg.out).resolve().parent).results(expert)):
         record_result(cfg.out, expert, base_fingerprint(svf, expert), task, result, "train")
+
+
+def _checkpoint(path: Path, cfg, policy, optimizer, step: int, best: float, best_step: int, grpo=None) -> None:
+    """The run state after `step` steps; `grpo`: a GRPO step in progress (its rollouts and position)."""
+    with atomic_file(path) as tmp:
+        torch.save({"config": cfg.to_dict(), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "best_valid": best, "best_step": best_step, "grpo": grpo}, tmp)
 
 
 def _read_metrics(path: Path) -> list[dict]:

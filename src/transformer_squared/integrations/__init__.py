@@ -1,0 +1,1 @@
+"""Bridges to other training stacks (each optional, behind its own pyproject extra)."""
