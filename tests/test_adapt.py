@@ -23,7 +23,7 @@ from transformer_squared.adapt import (
     STRATEGIES,
     Selection,
     build_strategy,
-    engine,
+    two_pass,
 )
 from transformer_squared.adapt import classify as classify_module
 from transformer_squared.adapt.cem import (
@@ -44,7 +44,7 @@ from transformer_squared.adapt.classify import (
     parse_label,
 )
 from transformer_squared.adapt.embedding import DEFAULT_THRESHOLD, EmbeddingStrategy
-from transformer_squared.adapt.engine import (
+from transformer_squared.adapt.two_pass import (
     FixedStrategy,
     evaluate_strategy,
     generate_adaptive,
@@ -467,13 +467,13 @@ def test_generate_adaptive_answers_each_group_with_its_expert(tsvf, routes, snap
     prompts = [ARITHMETIC[0], ANTONYMS[0], UNRELATED[0], ARITHMETIC[1], ANTONYMS[1], UNRELATED[1]]
     config = GenerationConfig(max_new_tokens=6)
     calls = []
-    real = engine.generate
+    real = two_pass.generate
 
     def counting(model, tokenizer, batch, config=None, system=None):
         calls.append((tsvf.active, list(batch)))
         return real(model, tokenizer, batch, config, system=system)
 
-    monkeypatch.setattr(engine, "generate", counting)
+    monkeypatch.setattr(two_pass, "generate", counting)
     strategy = KeywordStrategy(routes)
     answers = generate_adaptive(tsvf, prompts, strategy, config)
     snapshot.check()
@@ -524,7 +524,7 @@ def test_generate_adaptive_leaves_the_model_as_found_on_error(tsvf, routes, snap
             raise RuntimeError("generation broke")
         return ["x"] * len(args[2])
 
-    monkeypatch.setattr(engine, "generate", failing)
+    monkeypatch.setattr(two_pass, "generate", failing)
     with tsvf.applied(before):
         pointers = {n: lin.weight.data_ptr() for n, lin in tsvf.linears.items()}
         with pytest.raises(RuntimeError, match="broke"):
@@ -610,7 +610,7 @@ def answer_when(svf, expert):
 def test_evaluate_strategy_answers_with_the_selected_expert(tsvf, routes, monkeypatch, snapshot):
     math_expert = routes["arithmetic"]
     fake = answer_when(tsvf, math_expert)
-    monkeypatch.setattr(engine, "generate_ids", fake)
+    monkeypatch.setattr(two_pass, "generate_ids", fake)
     tasks = [ArithmeticTask(), SubtractionTask()]
     report = evaluate_strategy(tsvf, tasks, KeywordStrategy(routes), n=4, batch_size=3, routes=routes, progress=False)
     # '+' prompts went to math and were answered right; '-' prompts went to the base (keyword: other)
@@ -970,14 +970,14 @@ def test_one_batch_per_expert_across_tasks_each_answer_cut_to_its_task_budget(ts
     from transformer_squared.tasks import get_task
 
     calls, outputs = [], []
-    real = engine.generate_ids
+    real = two_pass.generate_ids
 
     def recording(model, tokenizer, texts, config):
         calls.append(config.max_new_tokens)
         outputs.extend(real(model, tokenizer, texts, config))
         return outputs
 
-    monkeypatch.setattr(engine, "generate_ids", recording)
+    monkeypatch.setattr(two_pass, "generate_ids", recording)
     tasks = [ArithmeticTask(), get_task("addition3")]
     report = evaluate_strategy(tsvf, tasks, FixedStrategy(None), n=2, progress=False)
     assert calls == [20]  # one batch for the base weights, decoded to the larger budget

@@ -222,18 +222,18 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
 
 def test_eval_with_a_strategy_honours_max_new_tokens(tiny_folder, one_thread, tmp_path, monkeypatch, capsys):
     """`t2 eval --max-new-tokens` is accepted with --strategy too; pass 2 must generate at most that many tokens."""
-    from transformer_squared.adapt import engine
+    from transformer_squared.adapt import two_pass
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))
     configs = []
-    real = engine.generate_ids
+    real = two_pass.generate_ids
 
     def recording(model, tokenizer, texts, config):
         configs.append(config)
         return real(model, tokenizer, texts, config)
 
-    monkeypatch.setattr(engine, "generate_ids", recording)
+    monkeypatch.setattr(two_pass, "generate_ids", recording)
     assert main(["eval", "--model", str(tiny_folder), "--library", str(tmp_path / "lib"), "--strategy", "base",
                  "--tasks", "arithmetic", "--n", "1", "--max-new-tokens", "3"]) == 0
     assert [c.max_new_tokens for c in configs] == [3]

@@ -6,7 +6,7 @@ Strategies (`STRATEGIES`, built with `build_strategy(name, svf, library, **optio
   classifier  a classifier expert does, in pass 1 only (classify.py)
   embedding   nearest expert centroid in a sentence encoder's space, beyond the paper (embedding.py)
   cem         few-shot CEM over mixing weights on k examples of a task (cem.py)
-The engine (engine.py) runs both passes and the cross-task evaluation.
+The two-pass engine (two_pass.py) runs both passes and the cross-task evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def build_strategy(name: str, svf, library, **options) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
     if name == "base":
-        from .engine import FixedStrategy
+        from .two_pass import FixedStrategy
 
         return FixedStrategy(None)
     routes = answer_experts(library)

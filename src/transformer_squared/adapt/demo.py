@@ -97,7 +97,7 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     from . import build_strategy
     from .cem import CEMConfig, FewShotStrategy
     from .classify import ClassifyTask
-    from .engine import FixedStrategy, evaluate_strategy
+    from .two_pass import FixedStrategy, evaluate_strategy
     from .routes import answer_experts
 
     def log(*parts):

@@ -134,7 +134,7 @@ def generate_cmd(args) -> int:
 def _generate_adaptive(args, config) -> int:
     """Two passes: the strategy picks an expert per prompt, then that expert answers."""
     from ..adapt import build_strategy
-    from ..adapt.engine import generate_adaptive
+    from ..adapt.two_pass import generate_adaptive
     from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert:

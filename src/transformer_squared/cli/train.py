@@ -143,7 +143,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 def eval_strategy_cmd(args: argparse.Namespace) -> int:
     """A mixed pool of several tasks answered with two-pass self-adaptation (the paper's Table 2 setting)."""
     from ..adapt import build_strategy
-    from ..adapt.engine import evaluate_strategy
+    from ..adapt.two_pass import evaluate_strategy
     from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert or args.lora:
