@@ -418,10 +418,26 @@ def test_embedding_with_the_bundled_minilm_encoder(tsvf, routes):
 
 # -- build_strategy --------------------------------------------------------------------------------------------------
 
+def test_build_strategy_by_dotted_path(tsvf, library, tmp_path, monkeypatch):
+    """A strategy of one's own is a builder found by dotted path; it receives the svf, library and options."""
+    (tmp_path / "my_strategies.py").write_text(
+        "from transformer_squared.adapt.two_pass import FixedStrategy\n"
+        "def always(svf, library, **options):\n"
+        "    return FixedStrategy(library.get(options['expert']))\n"
+        "NOT_CALLABLE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    built = build_strategy("my_strategies:always", tsvf, library, expert="math")
+    assert [s.name for s in built.select(tsvf, ["x", "y"])] == ["math", "math"]
+    with pytest.raises(ValueError, match="'my_strategies:NOT_CALLABLE' is not callable"):
+        build_strategy("my_strategies:NOT_CALLABLE", tsvf, library)
+    with pytest.raises(ValueError, match="has no 'missing'"):
+        build_strategy("my_strategies:missing", tsvf, library)
+
+
 def test_build_strategy(tsvf, library, monkeypatch):
     from transformer_squared.adapt import embedding
 
-    assert STRATEGIES == ("base", "prompt", "classifier", "embedding", "cem")
+    assert list(STRATEGIES) == ["base", "prompt", "classifier", "embedding", "cem"]
     with pytest.raises(ValueError, match="--strategy 'nope': choose one of base, prompt"):
         build_strategy("nope", tsvf, library)
     base = build_strategy("base", tsvf, library)

@@ -1,6 +1,7 @@
 """Self-adaptation (the second half of Transformer²): pass 1 picks or blends experts, pass 2 answers.
 
-Strategies (`STRATEGIES`, built with `build_strategy(name, svf, library, **options)`):
+Strategies (`STRATEGIES`, a dict name -> builder; `build_strategy(name, svf, library, **options)` also takes a
+dotted path to a builder of your own):
   base        no adaptation
   prompt      the model classifies the prompt into the library's domains (classify.py)
   classifier  a classifier expert does, in pass 1 only (classify.py)
@@ -13,44 +14,67 @@ from __future__ import annotations
 
 from .strategy import OTHER, Selection, Strategy
 
-STRATEGIES = ("base", "prompt", "classifier", "embedding", "cem")
+
+def _base(svf, library, **options) -> Strategy:
+    from .two_pass import FixedStrategy
+
+    return FixedStrategy(None)
 
 
-def build_strategy(name: str, svf, library, **options) -> Strategy:
-    """A ready strategy. Options: classifier (name), encoder (path), threshold (embedding); task, shots, data,
-    cem (a CEMConfig), progress (cem)."""
+def _prompt(svf, library, **options) -> Strategy:
+    from .classify import PromptStrategy
     from .routes import answer_experts
 
-    if name not in STRATEGIES:
-        raise ValueError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
-    if name == "base":
-        from .two_pass import FixedStrategy
+    return PromptStrategy(answer_experts(library))
 
-        return FixedStrategy(None)
-    routes = answer_experts(library)
-    if name == "prompt":
-        from .classify import PromptStrategy
 
-        return PromptStrategy(routes)
-    if name == "classifier":
-        from .classify import ClassifierStrategy, find_classifier
+def _classifier(svf, library, **options) -> Strategy:
+    from .classify import ClassifierStrategy, find_classifier
+    from .routes import answer_experts
 
-        return ClassifierStrategy(routes, find_classifier(library, options.get("classifier")))
-    if name == "embedding":
-        from ..experts.memory import ExpertMemory
-        from .embedding import DEFAULT_THRESHOLD, EmbeddingStrategy, shared_encoder
+    return ClassifierStrategy(answer_experts(library), find_classifier(library, options.get("classifier")))
 
-        threshold = options.get("threshold")
-        return EmbeddingStrategy(routes, shared_encoder(options.get("encoder")),
-                                 DEFAULT_THRESHOLD if threshold is None else threshold,
-                                 memory=ExpertMemory(library.root))
+
+def _embedding(svf, library, **options) -> Strategy:
+    from ..experts.memory import ExpertMemory
+    from .embedding import DEFAULT_THRESHOLD, EmbeddingStrategy, shared_encoder
+    from .routes import answer_experts
+
+    threshold = options.get("threshold")
+    return EmbeddingStrategy(answer_experts(library), shared_encoder(options.get("encoder")),
+                             DEFAULT_THRESHOLD if threshold is None else threshold,
+                             memory=ExpertMemory(library.root))
+
+
+def _cem(svf, library, **options) -> Strategy:
     from .cem import FewShotStrategy
+    from .routes import answer_experts
 
     if options.get("task") is None:
         raise ValueError("--strategy cem needs a task: the task whose training examples it adapts on (--task)")
+    return FewShotStrategy(list(answer_experts(library).values()), options["task"], options.get("shots", 10),
+                           options.get("cem"), options.get("progress", True))
 
-    return FewShotStrategy(list(routes.values()), options["task"], options.get("shots", 10), options.get("cem"),
-                           options.get("progress", True))
+
+# name -> builder (svf, library, **options) -> Strategy
+STRATEGIES: dict = {"base": _base, "prompt": _prompt, "classifier": _classifier, "embedding": _embedding, "cem": _cem}
+
+
+def build_strategy(name: str, svf, library, **options) -> Strategy:
+    """A ready strategy, from a `STRATEGIES` name or a dotted path (`package.module:builder`) to a builder with the
+    same signature. Options: classifier (name), encoder (path), threshold (embedding); task, shots, data,
+    cem (a CEMConfig), progress (cem)."""
+    if name in STRATEGIES:
+        builder = STRATEGIES[name]
+    elif "." in name or ":" in name:
+        from ..tasks.base import resolve
+
+        builder = resolve(name, "--strategy")
+        if not callable(builder):
+            raise ValueError(f"--strategy {name!r} is not callable: a dotted path must name a strategy builder")
+    else:
+        raise ValueError(f"--strategy {name!r}: choose one of {', '.join(STRATEGIES)} (or a dotted path)")
+    return builder(svf, library, **options)
 
 
 __all__ = ["OTHER", "STRATEGIES", "Selection", "Strategy", "build_strategy"]
