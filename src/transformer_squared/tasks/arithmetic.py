@@ -28,6 +28,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     domain = "arithmetic"
     description = "arithmetic: compute the result of a small calculation and reply with the number only"
+    max_new_tokens = 16
 
     def __init__(self, data: None = None, digits: int = 2, op: str = "+"):
         if data is not None:
@@ -80,6 +81,7 @@ class ThreeDigitAdditionTask(ArithmeticTask):
     """Three-digit addition: the demo's unseen task — the arithmetic expert only ever saw two-digit problems."""
 
     name = "addition3"
+    max_new_tokens = 20
 
     def __init__(self, data: None = None):
         super().__init__(data, digits=3, op="+")

@@ -34,6 +34,7 @@ class CodeTask(Task):
 
     domain = "code"
     description = "code: writing short Python functions that pass unit tests"
+    max_new_tokens = 384
 
     def program(self, completion: str, example: Example) -> str | None:
         raise NotImplementedError
