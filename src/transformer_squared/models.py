@@ -91,7 +91,8 @@ def _file_digest(path: Path) -> str:
 
 
 def converted_cache_dir() -> Path:
-    return Path(os.environ.get("T2_CACHE", Path.home() / ".cache" / "transformer_squared")) / "models"
+    from .paths import cache_root
+    return cache_root() / "models"
 
 
 @contextmanager

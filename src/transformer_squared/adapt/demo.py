@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -34,8 +33,9 @@ SHOTS = 16  # 8 shots left the arithmetic expert at 0/8 on addition3 by chance (
 
 
 def default_workdir() -> Path:
-    root = os.environ.get("T2_CACHE") or Path.home() / ".cache" / "transformer_squared"
-    return Path(root) / "demo"
+    from ..paths import cache_root
+
+    return cache_root() / "demo"
 
 
 def _cached(library, name: str, svf) -> bool:
