@@ -5,6 +5,7 @@ and error exits (code 2, one line on stderr) that happen before any model is loa
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -198,8 +199,17 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
     assert main(["adapt", "--library", lib, "--cache-dir", cache, "--task", "subtraction", "--out", "cem-sub"]) == 2
     assert "already exists" in capsys.readouterr().err
 
+    from collections import Counter
+
+    from transformer_squared.experts import Expert
+
+    loads, real_load = Counter(), Expert.load
+    monkeypatch.setattr(Expert, "load", classmethod(lambda cls, folder: loads.update([Path(folder).name])
+                                                    or real_load(folder)))
     assert main(["generate", "--library", lib, "--cache-dir", cache, "--strategy", "prompt", "--max-new-tokens", "3",
                  "What is 2 + 2?", "Give the antonym of 'hot'."]) == 0
+    assert loads == {"math": 1, "words": 1}  # each routed expert's z is read once, not once per routes lookup
+    monkeypatch.setattr(Expert, "load", real_load)
     captured = capsys.readouterr()
     assert captured.out.startswith("> What is 2 + 2?\n")
     assert len(re.findall(r"^\[prompt: (arithmetic|language|other) -> expert (math|words|base); pass 1 \d+ ms, "

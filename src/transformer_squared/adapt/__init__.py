@@ -15,6 +15,15 @@ from __future__ import annotations
 from .strategy import OTHER, Selection, Strategy
 
 
+def _routes(library, options: dict) -> dict:
+    """The caller's routes when it computed them already (`routes=`), else the library's: loaded once either way."""
+    if options.get("routes") is not None:
+        return options["routes"]
+    from .routes import answer_experts
+
+    return answer_experts(library)
+
+
 def _base(svf, library, **options) -> Strategy:
     from .two_pass import FixedStrategy
 
@@ -23,36 +32,33 @@ def _base(svf, library, **options) -> Strategy:
 
 def _prompt(svf, library, **options) -> Strategy:
     from .classify import PromptStrategy
-    from .routes import answer_experts
 
-    return PromptStrategy(answer_experts(library))
+    return PromptStrategy(_routes(library, options))
 
 
 def _classifier(svf, library, **options) -> Strategy:
     from .classify import ClassifierStrategy, find_classifier
-    from .routes import answer_experts
 
-    return ClassifierStrategy(answer_experts(library), find_classifier(library, options.get("classifier")))
+    return ClassifierStrategy(_routes(library, options), find_classifier(library, options.get("classifier")))
 
 
 def _embedding(svf, library, **options) -> Strategy:
     from ..experts.memory import ExpertMemory
     from .embedding import DEFAULT_THRESHOLD, EmbeddingStrategy, shared_encoder
-    from .routes import answer_experts
 
     threshold = options.get("threshold")
-    return EmbeddingStrategy(answer_experts(library), shared_encoder(options.get("encoder")),
+    return EmbeddingStrategy(_routes(library, options), shared_encoder(options.get("encoder")),
                              DEFAULT_THRESHOLD if threshold is None else threshold,
                              memory=ExpertMemory(library.root))
 
 
 def _cem(svf, library, **options) -> Strategy:
     from .cem import FewShotStrategy
-    from .routes import answer_experts
 
+    routes = _routes(library, options)
     if options.get("task") is None:
         raise ValueError("--strategy cem needs a task: the task whose training examples it adapts on (--task)")
-    return FewShotStrategy(list(answer_experts(library).values()), options["task"], options.get("shots", 10),
+    return FewShotStrategy(list(routes.values()), options["task"], options.get("shots", 10),
                            options.get("cem"), options.get("progress", True))
 
 
@@ -62,8 +68,8 @@ STRATEGIES: dict = {"base": _base, "prompt": _prompt, "classifier": _classifier,
 
 def build_strategy(name: str, svf, library, **options) -> Strategy:
     """A ready strategy, from a `STRATEGIES` name or a dotted path (`package.module:builder`) to a builder with the
-    same signature. Options: classifier (name), encoder (path), threshold (embedding); task, shots, data,
-    cem (a CEMConfig), progress (cem)."""
+    same signature. Options: routes ({domain: expert}, when the caller has them: not loaded again); classifier
+    (name), encoder (path), threshold (embedding); task, shots, data, cem (a CEMConfig), progress (cem)."""
     if name in STRATEGIES:
         builder = STRATEGIES[name]
     elif "." in name or ":" in name:

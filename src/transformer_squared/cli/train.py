@@ -160,9 +160,9 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     svf = load_strategy_model(args, lib, routes)
     if strategy_name == "cem":
         def strategy(task):
-            return build_strategy("cem", svf, lib, **strategy_options(args, task))
+            return build_strategy("cem", svf, lib, routes=routes, **strategy_options(args, task))
     else:
-        strategy = build_strategy(strategy_name, svf, lib, **strategy_options(args))
+        strategy = build_strategy(strategy_name, svf, lib, routes=routes, **strategy_options(args))
     report = evaluate_strategy(svf, tasks, strategy, n=args.n, split=args.split, batch_size=args.batch_size,
                                routes=routes, max_new_tokens=args.max_new_tokens)
     for t in report.tasks:
