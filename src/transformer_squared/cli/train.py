@@ -65,7 +65,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         if ckpt.is_file():
             import torch
 
-            saved = torch.load(ckpt, weights_only=False)["config"]
+            # only the config is needed here: mmap leaves the tensors unread (train_expert loads the checkpoint)
+            saved = torch.load(ckpt, weights_only=False, mmap=True)["config"]
             cfg.steps = args.steps or saved["steps"]
             cfg.method = args.method or saved["method"]  # a --method that differs from the run's is refused
         elif args.run_dir is None and (old := Path("runs") / Path(args.out).name / "checkpoint.pt").is_file():
