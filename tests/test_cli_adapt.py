@@ -64,7 +64,7 @@ def test_unknown_strategy_is_an_argparse_error(capsys):
 def test_demo_settings_are_valid_configs():
     """The demo's hard-coded runs would otherwise fail only minutes into `t2 demo`."""
     from transformer_squared.adapt.cem import CEMConfig
-    from transformer_squared.adapt.demo import (
+    from transformer_squared.cli.demo import (
         CEM_RUN,
         CLASSIFIER_RUN,
         DEMO_TASKS,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_squared.adapt.demo import default_workdir
+from transformer_squared.cli.demo import default_workdir
 from transformer_squared.models import converted_cache_dir
 from transformer_squared.paths import cache_root
 from transformer_squared.svd import default_cache_dir
