@@ -68,8 +68,9 @@ class ArithmeticTask(Task):
 
 
 class SubtractionTask(ArithmeticTask):
-    """Two-digit subtraction (results may be negative): same domain as addition, but no expert of its own in the
-    demo — the unseen task that few-shot adaptation is measured on."""
+    """Two-digit subtraction (results may be negative): same domain as addition, with no expert of its own among the
+    built-ins' usual ones — a task to adapt to with few-shot CEM (`t2 adapt --task subtraction`). The demo's unseen
+    task is addition3."""
 
     name = "subtraction"
 
