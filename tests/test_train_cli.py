@@ -1,6 +1,6 @@
 """`t2 train` and `t2 eval` (cli/train.py) and the TrainConfig they share (training/config.py): validation that names
 the flag, YAML configs under command-line flags, the help surface, and end-to-end runs on the tiny model folder
-(`tiny_llama_dir` in conftest.py: a random Llama with the real SmolLM2 tokenizer)."""
+(`tiny_llama_dir` in conftest.py: a random Llama with the character tokenizer and a chat template)."""
 
 from __future__ import annotations
 
