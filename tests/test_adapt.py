@@ -282,12 +282,27 @@ def mixed_prompts() -> list:
     return [ARITHMETIC[0], ANTONYMS[0], [{"role": "user", "content": UNRELATED[0]}], ARITHMETIC[1]]
 
 
-def test_prompt_strategy_selects_one_route_per_prompt_and_leaves_the_model(tsvf, routes, snapshot):
+def recorded_replies(monkeypatch) -> list:
+    """Pass 1's real generations, recorded: what the model replied to each classification prompt."""
+    replies, real = [], classify_module.generate
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        replies.extend(out)
+        return out
+
+    monkeypatch.setattr(classify_module, "generate", recording)
+    return replies
+
+
+def test_prompt_strategy_selects_one_route_per_prompt_and_leaves_the_model(tsvf, routes, snapshot, monkeypatch):
     strategy = PromptStrategy(routes)
+    replies = recorded_replies(monkeypatch)
     selections = strategy.select(tsvf, mixed_prompts())
-    assert len(selections) == 4
+    assert len(selections) == len(replies) == 4
+    # each label is what the parser reads in the model's own reply to that prompt, and it picks that route
+    assert [s.label for s in selections] == [parse_label(r, strategy.labels) for r in replies]
     for s in selections:
-        assert s.label in (*routes, OTHER)
         assert same_expert(s.expert, routes.get(s.label))
         assert (s.expert is None) == (s.label == OTHER)
     snapshot.check()
@@ -325,12 +340,13 @@ def test_pass_1_routes_parsed_labels_with_the_right_weights(tsvf, routes, snapsh
     snapshot.check()
 
 
-def test_classifier_pass_1_on_the_model_leaves_it_as_found(tsvf, routes, snapshot):
+def test_classifier_pass_1_on_the_model_leaves_it_as_found(tsvf, routes, snapshot, monkeypatch):
     """The classifier expert is applied for pass 1 only — also when another expert was applied before."""
     classifier = trained_expert(tsvf, 3, "dispatch", "classify", labels=["arithmetic", "language"])
     strategy = ClassifierStrategy(routes, classifier)
+    replies = recorded_replies(monkeypatch)
     selections = strategy.select(tsvf, mixed_prompts())
-    assert len(selections) == 4 and all(s.label in (*routes, OTHER) for s in selections)
+    assert [s.label for s in selections] == [parse_label(r, strategy.labels) for r in replies] and len(replies) == 4
     snapshot.check()
     math_expert = routes["arithmetic"]
     with tsvf.applied(math_expert):
@@ -388,7 +404,10 @@ def test_embedding_threshold_sends_dissimilar_prompts_to_the_base(tsvf, routes):
     assert [s.label for s in middle.select(None, prompts)] == ["arithmetic", "language", OTHER, OTHER]
     nothing = EmbeddingStrategy(routes, encoder, threshold=1.01)  # cosine similarity never exceeds 1
     assert all(s.label == OTHER and s.expert is None and s.name == "base" for s in nothing.select(None, prompts))
-    assert DEFAULT_THRESHOLD == 0.3
+    from transformer_squared.cli import build_parser
+
+    threshold_help = next(a.help for a in build_parser().verb_parsers["generate"]._actions if a.dest == "threshold")
+    assert f"(default {DEFAULT_THRESHOLD})" in threshold_help  # the default the CLI documents is the one used
 
 
 def test_embedding_without_a_known_task_uses_the_description(tsvf):
