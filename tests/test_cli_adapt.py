@@ -5,6 +5,7 @@ and error exits (code 2, one line on stderr) that happen before any model is loa
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_unknown_strategy_is_an_argparse_error(capsys):
 def test_demo_settings_are_valid_configs():
     """The demo's hard-coded runs would otherwise fail only minutes into `t2 demo`."""
     from transformer_squared.adapt.cem import CEMConfig
-    from transformer_squared.adapt.demo import (
+    from transformer_squared.cli.demo import (
         CEM_RUN,
         CLASSIFIER_RUN,
         DEMO_TASKS,
@@ -198,8 +199,17 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
     assert main(["adapt", "--library", lib, "--cache-dir", cache, "--task", "subtraction", "--out", "cem-sub"]) == 2
     assert "already exists" in capsys.readouterr().err
 
+    from collections import Counter
+
+    from transformer_squared.experts import Expert
+
+    loads, real_load = Counter(), Expert.load
+    monkeypatch.setattr(Expert, "load", classmethod(lambda cls, folder: loads.update([Path(folder).name])
+                                                    or real_load(folder)))
     assert main(["generate", "--library", lib, "--cache-dir", cache, "--strategy", "prompt", "--max-new-tokens", "3",
                  "What is 2 + 2?", "Give the antonym of 'hot'."]) == 0
+    assert loads == {"math": 1, "words": 1}  # each routed expert's z is read once, not once per routes lookup
+    monkeypatch.setattr(Expert, "load", real_load)
     captured = capsys.readouterr()
     assert captured.out.startswith("> What is 2 + 2?\n")
     assert len(re.findall(r"^\[prompt: (arithmetic|language|other) -> expert (math|words|base); pass 1 \d+ ms, "
@@ -222,18 +232,18 @@ def test_adapt_generate_and_eval_with_strategies_on_a_tiny_model(tiny_folder, on
 
 def test_eval_with_a_strategy_honours_max_new_tokens(tiny_folder, one_thread, tmp_path, monkeypatch, capsys):
     """`t2 eval --max-new-tokens` is accepted with --strategy too; pass 2 must generate at most that many tokens."""
-    from transformer_squared.adapt import engine
+    from transformer_squared.adapt import two_pass
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))
     configs = []
-    real = engine.generate_ids
+    real = two_pass.generate_ids
 
     def recording(model, tokenizer, texts, config):
         configs.append(config)
         return real(model, tokenizer, texts, config)
 
-    monkeypatch.setattr(engine, "generate_ids", recording)
+    monkeypatch.setattr(two_pass, "generate_ids", recording)
     assert main(["eval", "--model", str(tiny_folder), "--library", str(tmp_path / "lib"), "--strategy", "base",
                  "--tasks", "arithmetic", "--n", "1", "--max-new-tokens", "3"]) == 0
     assert [c.max_new_tokens for c in configs] == [3]

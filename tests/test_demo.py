@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transformer_squared.adapt.demo import PROMPT_WIDTH, answer_table
+from transformer_squared.cli.demo import PROMPT_WIDTH, answer_table
 
 
 def _records(experts, scores):
@@ -30,7 +30,7 @@ def test_answers_and_experts_are_shown_whole_and_aligned():
 def test_the_demo_ends_with_commands_that_use_its_experts(tmp_path):
     import shlex
 
-    from transformer_squared.adapt.demo import next_steps
+    from transformer_squared.cli.demo import next_steps
     from transformer_squared.cli import build_parser
 
     root = tmp_path / "my cache" / "demo" / "experts"  # a space: the commands must quote it

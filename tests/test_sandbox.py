@@ -113,17 +113,26 @@ def test_stdout_is_truncated_to_output_bytes():
 
 
 def test_infinite_loop_is_stopped_by_the_cpu_limit():
-    start = time.monotonic()
+    # 1 s of CPU can take several seconds of wall time on a loaded machine (3.3 s measured at load 8 on 2 cores):
+    # what shows the CPU limit worked is the signal, and that the wall clock (10 s) did not have to end it
     result = run_python("while True:\n    pass", SandboxLimits(timeout_s=10, cpu_s=1))
-    assert not result.ok and time.monotonic() - start < 5
-    assert result.returncode == -signal.SIGXCPU and not result.timed_out
+    assert not result.ok and result.returncode == -signal.SIGXCPU and not result.timed_out
+
+
+def startup_s() -> float:
+    """Wall time of a trivial run right now (interpreter start, isolation, clean-up): the time bounds below add a
+    few of these to the limit, so that they follow the machine's load instead of assuming a quiet machine."""
+    start = time.monotonic()
+    assert run_python("pass", QUICK).ok
+    return time.monotonic() - start
 
 
 def test_sleeping_program_is_stopped_by_the_wall_clock():
+    baseline = startup_s()
     start = time.monotonic()
     result = run_python("import time\ntime.sleep(60)", SandboxLimits(timeout_s=1.0))
     assert result.timed_out and result.returncode is None and not result.ok
-    assert time.monotonic() - start < 4
+    assert time.monotonic() - start < 1.0 + 3 * baseline + 1  # a sandbox that let it sleep would take 60 s
 
 
 @needs_proc
@@ -146,9 +155,10 @@ def test_sleeping_program_is_stopped_by_the_wall_clock():
 ], ids=["plain", "setsid-and-keep-trying"])
 def test_fork_bomb_is_contained_and_cleaned_up(bomb):
     marker = f"t2-fork-bomb-{uuid.uuid4().hex}"
+    baseline = startup_s()
     start = time.monotonic()
     result = run_python(marked(bomb, marker), QUICK)
-    assert not result.ok and time.monotonic() - start < QUICK.timeout_s + 3
+    assert not result.ok and time.monotonic() - start < QUICK.timeout_s + 3 * baseline + 3  # ended, not hung
     assert processes_with(marker) == []
 
 
@@ -179,10 +189,9 @@ def test_fork_bomb_does_not_starve_a_concurrent_run():
     "x = []\nwhile True:\n    x.append(bytearray(100 << 20))",
 ], ids=["10GB-at-once", "100MB-chunks"])
 def test_memory_bomb_fails_fast(source):
-    start = time.monotonic()
     result = run_python(source, QUICK)
-    assert not result.ok and "MemoryError" in result.stderr
-    assert time.monotonic() - start < 3
+    # the memory limit stopped it (a MemoryError), before the 3 s clock had to (without one, it swaps or is killed)
+    assert not result.ok and "MemoryError" in result.stderr and not result.timed_out
 
 
 @pytest.mark.parametrize("where", ["tests", "home", "tmp", "shm"])
@@ -263,15 +272,13 @@ def test_kill_everything_reaches_only_the_sandbox():
 
 def test_gigabytes_of_output_are_truncated_in_bounded_time():
     limits = SandboxLimits(timeout_s=10.0)
-    start = time.monotonic()
     result = run_python(program("""
         import sys
         while True:
             print("x" * 1000)
             sys.stderr.write("y" * 1000)
     """), limits)
-    assert time.monotonic() - start < 8
-    assert not result.ok
+    assert not result.ok and not result.timed_out  # the output limit ended it, not the 10 s clock
     assert 0 < len(result.stdout.encode()) <= limits.output_bytes
     assert 0 < len(result.stderr.encode()) <= limits.output_bytes
 

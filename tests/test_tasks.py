@@ -419,3 +419,21 @@ def test_bad_split_is_a_clear_error():
     with pytest.raises(ValueError, match="no split 'dev'"):
         ArithmeticTask().examples("dev")
     assert ArcTask.splits == ("train", "valid", "test", "dev")
+
+
+def test_generation_budget_belongs_to_the_task():
+    """Each task carries its own budget (short answers get few tokens, worked solutions many); evaluation reads it
+    from the task, so a subclass that sets its own is honoured and an unknown task gets the base default."""
+    from transformer_squared.tasks import TASKS
+    from transformer_squared.tasks.base import Task
+    from transformer_squared.training.evaluate import default_max_new_tokens
+
+    budgets = {name: cls.max_new_tokens for name, cls in TASKS.items()}
+    assert budgets == {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16,
+                       "arc_challenge": 16, "gsm8k": 256, "math": 384, "mbpp": 384, "humaneval": 384, "custom": 256}
+
+    class Terse(ArithmeticTask):
+        max_new_tokens = 3
+
+    assert default_max_new_tokens(Terse()) == 3 and default_max_new_tokens(ArithmeticTask()) == 16
+    assert Task.max_new_tokens == 256

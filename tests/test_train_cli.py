@@ -1,6 +1,6 @@
 """`t2 train` and `t2 eval` (cli/train.py) and the TrainConfig they share (training/config.py): validation that names
 the flag, YAML configs under command-line flags, the help surface, and end-to-end runs on the tiny model folder
-(`tiny_llama_dir` in conftest.py: a random Llama with the real SmolLM2 tokenizer)."""
+(`tiny_llama_dir` in conftest.py: a random Llama with the character tokenizer and a chat template)."""
 
 from __future__ import annotations
 
@@ -136,9 +136,14 @@ def check_eval_output(out: Path, label: str, stdout: str, n: int) -> list[dict]:
     summary, records = read_results(out, label)
     assert (summary["task"], summary["split"], summary["n"]) == ("arithmetic", "test", n)
     assert len(records) == n
+    from transformer_squared.tasks import ArithmeticTask
+
+    task = ArithmeticTask()
     for r in records:
         assert set(r) == {"prompt", "completion", "extracted", "answer", "score"}
-        assert r["prompt"].startswith("What is ") and r["score"] in (0.0, 1.0)
+        # each record is the task's own reading of its completion, not merely a value of the right kind
+        assert r["prompt"].startswith("What is ") and r["extracted"] == task.extract(r["completion"])
+        assert r["score"] == task.score(r["completion"], {"answer": r["answer"]})
     assert summary["accuracy"] == sum(r["score"] for r in records) / n
     expected = EvalResult(**{**summary, "ci95": tuple(summary["ci95"])}).summary()
     assert stdout.splitlines()[0] == expected

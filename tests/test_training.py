@@ -1,6 +1,6 @@
 """Training: the policies (training/policy.py), the loop (training/trainer.py) and evaluation (training/evaluate.py),
-on a tiny random Llama saved as a Hugging Face folder with the real SmolLM2 tokenizer (`tiny_llama_dir` in
-conftest.py), so every run goes through the same loading path as `--model FOLDER`.
+on a tiny random Llama saved as a Hugging Face folder with the character tokenizer and a chat template
+(`tiny_llama_dir` in conftest.py), so every run goes through the same loading path as `--model FOLDER`.
 
 The random model never answers an addition correctly, so on `arithmetic` every score is 0: reinforce then pushes
 all samples down (z moves), rloo sees only unanimous groups and skips every step (z stays). A registered `parity`
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import VOCAB
 from torch import nn
 from torch.testing import assert_close
 
@@ -49,7 +50,7 @@ def tiny_svf(tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def ids() -> torch.Tensor:
-    return torch.randint(0, 49152, (2, 9), generator=torch.Generator().manual_seed(1))  # (B, T)
+    return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))  # (B, T)
 
 
 def logits_of(model, ids):

@@ -11,8 +11,8 @@ import sys
 import warnings
 
 # OpenMP threads that busy-wait make torch many times slower whenever another process competes for the cores
-# (measured: a forward pass 11.5 s instead of 2.3 s beside one other torch process on 2 cores; see
-# bench/bench_omp_wait.py for generate()). Sleeping threads cost a wake-up per parallel region instead. libgomp reads
+# (a forward pass about 5x slower beside one other torch process on 2 cores; bench/bench_omp_wait.py measures it
+# for generate()). Sleeping threads cost a wake-up per parallel region instead. libgomp reads
 # this once, when torch loads it, so it is set here, before any module of the package imports torch; a policy you
 # set yourself wins.
 if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ and sys.modules["torch"].get_num_threads() > 1:

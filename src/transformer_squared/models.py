@@ -6,8 +6,8 @@
 - a ``.gguf`` file (transformers de-quantizes it to float32);
 - a local folder in Hugging Face layout, or a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``).
 
-A GGUF checkpoint is de-quantized on every load, which costs seconds; the de-quantized weights are identical on
-every load, so experts made for them keep matching their fingerprint.
+A GGUF checkpoint is de-quantized once: the first load saves the float32 model (converted_cache_dir), later loads
+read that. De-quantization is deterministic, so experts made for the weights keep matching their fingerprint.
 """
 
 from __future__ import annotations
@@ -91,7 +91,8 @@ def _file_digest(path: Path) -> str:
 
 
 def converted_cache_dir() -> Path:
-    return Path(os.environ.get("T2_CACHE", Path.home() / ".cache" / "transformer_squared")) / "models"
+    from .paths import cache_root
+    return cache_root() / "models"
 
 
 @contextmanager

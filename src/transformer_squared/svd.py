@@ -34,7 +34,8 @@ SCHEMA = 1
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("T2_CACHE", Path.home() / ".cache" / "transformer_squared")) / "svd"
+    from .paths import cache_root
+    return cache_root() / "svd"
 
 
 def _tied_or_output(model: nn.Module) -> set[int]:

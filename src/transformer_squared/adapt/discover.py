@@ -23,6 +23,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported inside the functions, so `t2 -h` does not pay for it
+    import numpy as np
 
 DEFAULT_K_MAX = 10
 TYPICAL = 5  # typical prompts kept per cluster

@@ -1,4 +1,4 @@
-"""Self-adaptation verbs: adapt (few-shot CEM into a new expert) and demo."""
+"""Self-adaptation verbs: adapt (few-shot CEM into a new expert) and demo (the application itself is cli/demo.py)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,6 @@ def adapt_cmd(args) -> int:
 
 
 def demo_cmd(args) -> int:
-    from ..adapt.demo import run_demo
+    from .demo import run_demo
 
     return run_demo(model=args.model, workdir=args.workdir, n=args.n, retrain=args.retrain, out=sys.stdout)

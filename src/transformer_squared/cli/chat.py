@@ -63,7 +63,8 @@ def chat_cmd(args: argparse.Namespace) -> int:
                          "train some (t2 train), or use --strategy base")
     svf = load_strategy_model(args, library, routes)
     usage = UsageCounter(ExpertMemory(library.root), "chat")
-    session = ChatSession(svf, library, strategy, {k: v for k, v in strategy_options(args).items() if v is not None},
+    options = {k: v for k, v in strategy_options(args).items() if v is not None}
+    session = ChatSession(svf, library, strategy, {**options, "routes": routes},
                           config, args.system, usage)
     if args.expert:
         session.pin(args.expert)

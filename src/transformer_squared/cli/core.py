@@ -134,7 +134,7 @@ def generate_cmd(args) -> int:
 def _generate_adaptive(args, config) -> int:
     """Two passes: the strategy picks an expert per prompt, then that expert answers."""
     from ..adapt import build_strategy
-    from ..adapt.engine import generate_adaptive
+    from ..adapt.two_pass import generate_adaptive
     from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert:
@@ -148,7 +148,7 @@ def _generate_adaptive(args, config) -> int:
 
         task = get_task(args.task, args.data)
     svf = load_strategy_model(args, lib, routes)
-    strategy = build_strategy(args.strategy, svf, lib, **strategy_options(args, task))
+    strategy = build_strategy(args.strategy, svf, lib, routes=routes, **strategy_options(args, task))
     for answer in generate_adaptive(svf, args.prompt, strategy, config, system=args.system):
         if len(args.prompt) > 1:
             print(f"> {answer.prompt}")

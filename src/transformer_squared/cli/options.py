@@ -112,7 +112,7 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
 def add_strategy_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
     from ..adapt import STRATEGIES
 
-    p.add_argument("--strategy", default=default, choices=STRATEGIES,
+    p.add_argument("--strategy", default=default, choices=list(STRATEGIES),
                    help="two-pass self-adaptation: how pass 1 picks the expert (needs --library)")
     p.add_argument("--classifier", default=None, help="classifier expert for --strategy classifier "
                                                      "(default: the library's only `dispatch` expert)")

@@ -65,7 +65,8 @@ def train_cmd(args: argparse.Namespace) -> int:
         if ckpt.is_file():
             import torch
 
-            saved = torch.load(ckpt, weights_only=False)["config"]
+            # only the config is needed here: mmap leaves the tensors unread (train_expert loads the checkpoint)
+            saved = torch.load(ckpt, weights_only=False, mmap=True)["config"]
             cfg.steps = args.steps or saved["steps"]
             cfg.method = args.method or saved["method"]  # a --method that differs from the run's is refused
         elif args.run_dir is None and (old := Path("runs") / Path(args.out).name / "checkpoint.pt").is_file():
@@ -143,7 +144,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
 def eval_strategy_cmd(args: argparse.Namespace) -> int:
     """A mixed pool of several tasks answered with two-pass self-adaptation (the paper's Table 2 setting)."""
     from ..adapt import build_strategy
-    from ..adapt.engine import evaluate_strategy
+    from ..adapt.two_pass import evaluate_strategy
     from .options import load_strategy_model, strategy_library, strategy_options
 
     if args.expert or args.lora:
@@ -160,9 +161,9 @@ def eval_strategy_cmd(args: argparse.Namespace) -> int:
     svf = load_strategy_model(args, lib, routes)
     if strategy_name == "cem":
         def strategy(task):
-            return build_strategy("cem", svf, lib, **strategy_options(args, task))
+            return build_strategy("cem", svf, lib, routes=routes, **strategy_options(args, task))
     else:
-        strategy = build_strategy(strategy_name, svf, lib, **strategy_options(args))
+        strategy = build_strategy(strategy_name, svf, lib, routes=routes, **strategy_options(args))
     report = evaluate_strategy(svf, tasks, strategy, n=args.n, split=args.split, batch_size=args.batch_size,
                                routes=routes, max_new_tokens=args.max_new_tokens)
     for t in report.tasks:

@@ -10,10 +10,9 @@ for the base). `steps` is the largest remaining token budget (an upper bound: eo
 cost is left out of the model. Within a running batch, each forward pass is `merged` whenever all its rows share
 weights that are cached (or worth composing, see Planner), else `rows`.
 
-Measured at start-up on SmolLM2-135M (2-core CPU, 2 torch threads, quiet machine; BENCHMARKS.md "Serving"): a
-merged step costs 61 ms at B=1, 102 ms at B=2 and 97 ms at B=8, a factored (rows) step 75 / 130 / 116 ms;
-composing an uncached expert 0.7 s. A mixed batch of 8 over 4 experts then costs 116 ms a step as rows against
-4 × 102 ms as groups: `rows` wins every mixed batch there. `groups` wins where a step's cost grows in proportion
+On a small model on CPU (SmolLM2-135M; numbers in BENCHMARKS.md "Serving") a factored step costs little more than
+a merged one at the same batch size, so a mixed batch over several experts is cheaper as one `rows` pass than as
+one merged pass per expert: `rows` wins every mixed batch there. `groups` wins where a step's cost grows in proportion
 to the batch (compute-bound: large batches or models), since merged weights then save the factored path's extra
 multiply-adds (37% on square-ish MLP matrices at full rank) and switching cached weights is a pointer swap.
 """

@@ -72,6 +72,7 @@ class AntonymsTask(Task):
     name = "antonyms"
     domain = "language"
     description = "language: give the antonym (opposite) of an English word, replying with the word only"
+    max_new_tokens = 12
 
     def __init__(self, data: None = None):
         if data is not None:

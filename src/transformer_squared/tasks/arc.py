@@ -63,6 +63,7 @@ class ArcTask(Task):
     name = "arc"
     domain = "reasoning"
     description = "reasoning: multiple-choice science questions answered with the letter of the correct option"
+    max_new_tokens = 16
     splits = ("train", "valid", "test", "dev")
     subset = "ARC-Easy"  # upstream file prefix and Hugging Face config
 

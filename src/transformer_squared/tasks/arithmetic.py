@@ -28,6 +28,7 @@ class ArithmeticTask(Task):
     name = "arithmetic"
     domain = "arithmetic"
     description = "arithmetic: compute the result of a small calculation and reply with the number only"
+    max_new_tokens = 16
 
     def __init__(self, data: None = None, digits: int = 2, op: str = "+"):
         if data is not None:
@@ -67,8 +68,9 @@ class ArithmeticTask(Task):
 
 
 class SubtractionTask(ArithmeticTask):
-    """Two-digit subtraction (results may be negative): same domain as addition, but no expert of its own in the
-    demo — the unseen task that few-shot adaptation is measured on."""
+    """Two-digit subtraction (results may be negative): same domain as addition, with no expert of its own among the
+    built-ins' usual ones — a task to adapt to with few-shot CEM (`t2 adapt --task subtraction`). The demo's unseen
+    task is addition3."""
 
     name = "subtraction"
 
@@ -80,6 +82,7 @@ class ThreeDigitAdditionTask(ArithmeticTask):
     """Three-digit addition: the demo's unseen task — the arithmetic expert only ever saw two-digit problems."""
 
     name = "addition3"
+    max_new_tokens = 20
 
     def __init__(self, data: None = None):
         super().__init__(data, digits=3, op="+")

@@ -38,6 +38,7 @@ class Task:
     name: str = "task"  # registry key
     domain: str = "general"  # label the self-adaptation step routes on
     description: str = ""  # one line describing the domain to a model
+    max_new_tokens: int = 256  # generation budget when scoring this task (evaluation, CEM fitness, training)
     splits: tuple[str, ...] = SPLITS
 
     def __init__(self, data: str | os.PathLike | None = None, **options: Any):

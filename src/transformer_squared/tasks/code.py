@@ -37,6 +37,7 @@ class CodeTask(Task):
 
     domain = "code"
     description = "code: writing short Python functions that pass unit tests"
+    max_new_tokens = 384
 
     def program(self, completion: str, example: Example) -> str | None:
         """The candidate's code (None when the completion holds none); the tests are not part of it."""

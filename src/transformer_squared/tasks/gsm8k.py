@@ -37,6 +37,7 @@ class GSM8KTask(Task):
     name = "gsm8k"
     domain = "math"
     description = "math: grade-school word problems solved step by step, ending in a numeric answer"
+    max_new_tokens = 256
 
     def upstream(self, role: str) -> list[dict]:
         """Records of train.jsonl or test.jsonl (`role`); `data` may be their folder or one of the files."""

@@ -33,6 +33,7 @@ class MathTask(Task):
     name = "math"
     domain = "math"
     description = "math: competition problems solved step by step, with the final answer in \\boxed{}"
+    max_new_tokens = 384
 
     def upstream(self, split: str) -> list[dict]:
         if self.data is None:

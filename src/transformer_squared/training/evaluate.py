@@ -14,12 +14,9 @@ from ..progress import tqdm
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, generate
 
-DEFAULT_MAX_NEW_TOKENS = {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16, "arc_challenge": 16, "gsm8k": 256, "math": 384,
-                          "mbpp": 384, "humaneval": 384}
-
-
 def default_max_new_tokens(task) -> int:
-    return getattr(task, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS.get(task.name, 256)
+    """The task's own generation budget (`Task.max_new_tokens`)."""
+    return task.max_new_tokens
 
 
 def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:

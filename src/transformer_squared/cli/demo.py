@@ -1,4 +1,5 @@
-"""`t2 demo`: the whole method, offline, on the default model, in minutes on a laptop CPU.
+"""`t2 demo`: the whole method, offline, on the default model, in minutes on a laptop CPU. An application of the
+library, so it lives with the CLI (cli/adapt.py registers the verb).
 
 1. Two experts on built-in tasks: `arithmetic` (two-digit addition, trained with RL as in the paper) and `antonyms`
    (trained with next-token SFT: the base model almost never answers with the word only, so RL rewards are too
@@ -15,7 +16,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -34,8 +34,9 @@ SHOTS = 16  # 8 shots left the arithmetic expert at 0/8 on addition3 by chance (
 
 
 def default_workdir() -> Path:
-    root = os.environ.get("T2_CACHE") or Path.home() / ".cache" / "transformer_squared"
-    return Path(root) / "demo"
+    from ..paths import cache_root
+
+    return cache_root() / "demo"
 
 
 def _cached(library, name: str, svf) -> bool:
@@ -94,11 +95,11 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     from ..experts import ExpertLibrary
     from ..svf import load_svf
     from ..tasks import get_task
-    from . import build_strategy
-    from .cem import CEMConfig, FewShotStrategy
-    from .classify import ClassifyTask
-    from .engine import FixedStrategy, evaluate_strategy
-    from .routes import answer_experts
+    from ..adapt import build_strategy
+    from ..adapt.cem import CEMConfig, FewShotStrategy
+    from ..adapt.classify import ClassifyTask
+    from ..adapt.routes import answer_experts
+    from ..adapt.two_pass import FixedStrategy, evaluate_strategy
 
     def log(*parts):
         print(*parts, file=out, flush=True)
