@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from ..experts import ExpertError
 
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # launched by torchrun: share the work, or refuse to race
+        from ..training.distributed import DISTRIBUTED_VERBS, init_from_env
+
+        if args.verb not in DISTRIBUTED_VERBS:
+            print(f"t2 {args.verb}: error: does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                  f"run it as one process (only {', '.join(DISTRIBUTED_VERBS)} run distributed)", file=sys.stderr)
+            return 2
+        init_from_env()
     try:
         return args.func(args) or 0
     except (ExpertError, ValueError, FileNotFoundError) as e:

@@ -1,0 +1,131 @@
+"""Data-parallel training (training/distributed.py) with 2 gloo ranks of 1 thread each, launched as torchrun
+launches them (env vars) and driven through `t2 train`: SFT and RL give the update one process gives on the same
+global batch, a 2-rank run resumes in 1 process, rank 1 never writes, and verbs that cannot share work refuse."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformer_squared.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_argv(model: Path, root: Path, name: str, *extra: str) -> list[str]:
+    """A few-second run: 4 prompts per step (2 per rank), validated on 4 examples at the last step."""
+    return ["train", "--model", str(model), "--task", "arithmetic", "--steps", "3", "--batch-size", "4",
+            "--group-size", "2", "--valid-n", "4", "--max-new-tokens", "4", "--lr", "0.5", "--save-every", "1",
+            "--out", str(root / "experts" / name), "--run-dir", str(root / "runs" / name), "--quiet", *extra]
+
+
+def checkpoint(root: Path, name: str) -> dict:
+    return torch.load(root / "runs" / name / "checkpoint.pt", weights_only=False)
+
+
+def metrics(root: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (root / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+
+
+def spawn(jobs: list[list[str]], result_dir: Path, world_size: int = 2) -> None:
+    import torch.multiprocessing as mp
+
+    import distributed_worker
+
+    mp.spawn(distributed_worker.run, args=(world_size, free_port(), jobs, str(result_dir)), nprocs=world_size,
+             join=True)
+    violation = result_dir / "rank1-violation.txt"
+    assert not violation.exists(), violation.read_text()
+    assert json.loads((result_dir / "rank0.json").read_text()) == [0] * len(jobs)
+
+
+def assert_same_run(root: Path, a: str, b: str, atol: float) -> None:
+    za, zb = checkpoint(root, a)["policy"], checkpoint(root, b)["policy"]
+    assert za.keys() == zb.keys()
+    assert any(not torch.equal(t, torch.ones_like(t)) for t in za.values())  # training moved z
+    for n in za:
+        torch.testing.assert_close(zb[n], za[n], atol=atol, rtol=0)
+    ma, mb = metrics(root, a), metrics(root, b)
+    assert [r["step"] for r in ma] == [r["step"] for r in mb]
+    for ra, rb in zip(ma, mb):
+        for k in ("nll", "reward", "pg_loss", "valid_accuracy"):
+            if k in ra:
+                assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (k, ra, rb)
+
+
+def test_two_ranks_equal_one_process_and_resume_in_one(tiny_llama_dir, tmp_path, monkeypatch, one_thread):
+    monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))  # the children inherit it: SVD computed once, here
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    sft = ("--objective", "sft")
+    rl = ("--task", "distributed_worker.ParityTask", "--objective", "rloo", "--temperature", "1.0")
+    for name, extra in (("sft-1", sft), ("rl-1", rl)):
+        assert main(train_argv(tiny_llama_dir, tmp_path, name, *extra)) == 0
+    spawn([train_argv(tiny_llama_dir, tmp_path, "sft-2", *sft), train_argv(tiny_llama_dir, tmp_path, "rl-2", *rl),
+           train_argv(tiny_llama_dir, tmp_path, "resume-2", *sft, "--steps", "2")], tmp_path / "spawn")
+
+    # SFT: the same global batch → the same gradient (token-mean over both ranks) → the same z, to float rounding
+    # (the ranks' partial sums are added in another order).
+    assert_same_run(tmp_path, "sft-1", "sft-2", atol=1e-5)
+    # RL: samples are seeded per (seed, step, prompt, sample), not per rank, so the 2-rank run drew the same
+    # completions (same rewards each step) and took the same steps. Tolerance: the policy-gradient's tiny
+    # coordinates differ by rounding between the layouts and AdamW divides each by its own magnitude, so with
+    # lr 0.5 a rounding difference grows to ~1e-5 (measured max |Δz| 1.1e-5 after 3 steps).
+    assert [r["reward"] for r in metrics(tmp_path, "rl-1")] == [r["reward"] for r in metrics(tmp_path, "rl-2")]
+    assert any(not r.get("skipped") for r in metrics(tmp_path, "rl-1"))  # some groups carried signal
+    assert_same_run(tmp_path, "rl-1", "rl-2", atol=1e-4)
+    # a run of 2 ranks resumed by 1 process continues exactly as one process alone would have
+    assert main(["train", "--resume", str(tmp_path / "experts" / "resume-2"), "--run-dir",
+                 str(tmp_path / "runs" / "resume-2"), "--steps", "3", "--quiet"]) == 0
+    assert_same_run(tmp_path, "sft-1", "resume-2", atol=1e-5)
+
+
+def test_seeded_samples_do_not_depend_on_the_batch_split(tiny_llama_dir, one_thread):
+    from transformer_squared.models import load_model
+    from transformer_squared.training.rollout import sample
+
+    loaded = load_model(str(tiny_llama_dir))
+    prompts = ["1 + 2 =", "What is 40 + 2? Answer briefly.", "7 + 8", "hello there"]
+    seeds = list(range(100, 108))  # 4 prompts × 2 samples
+    whole = sample(loaded.model, loaded.tokenizer, prompts, 6, 1.0, 2, seeds=seeds)
+    halves = [sample(loaded.model, loaded.tokenizer, prompts[i:i + 2], 6, 1.0, 2, seeds=seeds[2 * i:2 * i + 4])
+              for i in (0, 2)]
+    assert whole.completions == halves[0].completions + halves[1].completions
+    other = sample(loaded.model, loaded.tokenizer, prompts, 6, 1.0, 2, seeds=list(range(200, 208)))
+    assert other.completions != whole.completions  # the seeds, not the batch, decide
+    with pytest.raises(ValueError, match="3 seeds for 8 rows"):
+        sample(loaded.model, loaded.tokenizer, prompts, 6, 1.0, 2, seeds=[1, 2, 3])
+
+
+def test_verbs_that_cannot_share_work_refuse_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["generate", "hello"]) == 2
+    err = capsys.readouterr().err
+    assert "t2 generate: error: does not run under torchrun (WORLD_SIZE=2)" in err and err.count("\n") == 1
+
+
+def test_batch_smaller_than_the_world_is_refused(monkeypatch):
+    from transformer_squared.training import trainer
+    from transformer_squared.training.config import TrainConfig
+    from transformer_squared.training.distributed import World
+
+    monkeypatch.setattr(trainer, "current_world", lambda: World(0, 4))
+    with pytest.raises(ValueError, match="--batch-size 2 is smaller than the 4 processes"):
+        trainer.train_expert(TrainConfig(out="never-written", batch_size=2))
+    assert not Path("never-written").exists()
+
+
+def test_shards_cover_the_batch_once():
+    from transformer_squared.training.distributed import World
+
+    for n in range(0, 12):
+        for size in (1, 2, 3, 5):
+            parts = [list(range(n))[World(r, size).shard(n)] for r in range(size)]
+            assert sum(parts, []) == list(range(n)) and max(map(len, parts)) - min(map(len, parts)) <= 1
