@@ -10,6 +10,7 @@ import pathlib
 
 def forbid_writes(log: pathlib.Path) -> None:
     """Make every write path of the trainer fail loudly on this rank (it must leave writing to rank 0)."""
+    from transformer_squared import svd
     from transformer_squared.training import trainer
 
     def refuse(what):
@@ -20,6 +21,7 @@ def forbid_writes(log: pathlib.Path) -> None:
 
     for name in ("atomic_file", "atomic_folder", "_save_artifact", "plot_metrics"):
         setattr(trainer, name, refuse(name))
+    svd._atomic_save = refuse("svd._atomic_save")
     original_open, original_write_text = pathlib.Path.open, pathlib.Path.write_text
 
     def guarded_open(self, mode="r", *args, **kwargs):

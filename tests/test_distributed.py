@@ -61,30 +61,72 @@ def assert_same_run(root: Path, a: str, b: str, atol: float) -> None:
                 assert rb[k] == pytest.approx(ra[k], rel=1e-5, abs=1e-6), (k, ra, rb)
 
 
-def test_two_ranks_equal_one_process_and_resume_in_one(tiny_llama_dir, tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv("T2_CACHE", str(tmp_path / "cache"))  # the children inherit it: SVD computed once, here
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    sft = ("--objective", "sft")
-    rl = ("--task", "distributed_worker.ParityTask", "--objective", "rloo", "--temperature", "1.0")
-    for name, extra in (("sft-1", sft), ("rl-1", rl)):
-        assert main(train_argv(tiny_llama_dir, tmp_path, name, *extra)) == 0
-    spawn([train_argv(tiny_llama_dir, tmp_path, "sft-2", *sft), train_argv(tiny_llama_dir, tmp_path, "rl-2", *rl),
-           train_argv(tiny_llama_dir, tmp_path, "resume-2", *sft, "--steps", "2")], tmp_path / "spawn")
+SFT = ("--objective", "sft")
+RL = ("--task", "distributed_worker.ParityTask", "--objective", "rloo", "--temperature", "1.0")
 
-    # SFT: the same global batch → the same gradient (token-mean over both ranks) → the same z, to float rounding
-    # (the ranks' partial sums are added in another order).
-    assert_same_run(tmp_path, "sft-1", "sft-2", atol=1e-5)
-    # RL: samples are seeded per (seed, step, prompt, sample), not per rank, so the 2-rank run drew the same
-    # completions (same rewards each step) and took the same steps. Tolerance: the policy-gradient's tiny
-    # coordinates differ by rounding between the layouts and AdamW divides each by its own magnitude, so with
-    # lr 0.5 a rounding difference grows to ~1e-5 (measured max |Δz| 1.1e-5 after 3 steps).
-    assert [r["reward"] for r in metrics(tmp_path, "rl-1")] == [r["reward"] for r in metrics(tmp_path, "rl-2")]
-    assert any(not r.get("skipped") for r in metrics(tmp_path, "rl-1"))  # some groups carried signal
-    assert_same_run(tmp_path, "rl-1", "rl-2", atol=1e-4)
-    # a run of 2 ranks resumed by 1 process continues exactly as one process alone would have
-    assert main(["train", "--resume", str(tmp_path / "experts" / "resume-2"), "--run-dir",
-                 str(tmp_path / "runs" / "resume-2"), "--steps", "3", "--quiet"]) == 0
-    assert_same_run(tmp_path, "sft-1", "resume-2", atol=1e-5)
+
+@pytest.fixture(scope="module")
+def runs(tiny_llama_dir, tmp_path_factory):
+    """One process runs SFT and RL and decomposes; then one 2-rank job runs the same (plus a 2-step SFT run to
+    resume later) through `t2`. Returns the root folder."""
+    import os
+    import sys
+
+    root = tmp_path_factory.mktemp("distributed")
+    saved = os.environ.get("T2_CACHE"), torch.get_num_threads()
+    os.environ["T2_CACHE"] = str(root / "cache")  # the children inherit it: the training SVD is computed once
+    sys.path.insert(0, str(Path(__file__).parent))  # distributed_worker, importable by the spawned children too
+    torch.set_num_threads(1)
+    try:
+        for name, extra in (("sft-1", SFT), ("rl-1", RL)):
+            assert main(train_argv(tiny_llama_dir, root, name, *extra)) == 0
+        decompose = ["decompose", "--model", str(tiny_llama_dir), "--targets", "all-linear", "--cache-dir"]
+        assert main([*decompose, str(root / "svd-1")]) == 0
+        spawn([[*decompose, str(root / "svd-2")], train_argv(tiny_llama_dir, root, "sft-2", *SFT),
+               train_argv(tiny_llama_dir, root, "rl-2", *RL),
+               train_argv(tiny_llama_dir, root, "resume-2", *SFT, "--steps", "2")], root / "spawn")
+        yield root
+    finally:
+        sys.path.remove(str(Path(__file__).parent))
+        torch.set_num_threads(saved[1])
+        if saved[0] is None:
+            os.environ.pop("T2_CACHE", None)
+        else:
+            os.environ["T2_CACHE"] = saved[0]
+
+
+def test_sft_on_two_ranks_equals_one_process(runs):
+    # the same global batch → the same gradient (token mean over both ranks) → the same z, to float rounding
+    # (the ranks' partial sums are added in another order)
+    assert_same_run(runs, "sft-1", "sft-2", atol=1e-5)
+
+
+def test_rl_on_two_ranks_draws_the_same_samples_and_takes_the_same_steps(runs):
+    # samples are seeded per (seed, step, prompt, sample), not per rank: the same completions, hence the same
+    # rewards each step. Tolerance: the policy gradient's tiny coordinates differ by rounding between the layouts
+    # and AdamW divides each by its own magnitude, so with lr 0.5 a rounding difference grows to ~1e-5 (measured
+    # max |Δz| 1.1e-5 after 3 steps).
+    assert [r["reward"] for r in metrics(runs, "rl-1")] == [r["reward"] for r in metrics(runs, "rl-2")]
+    assert any(not r.get("skipped") for r in metrics(runs, "rl-1"))  # some groups carried signal
+    assert_same_run(runs, "rl-1", "rl-2", atol=1e-4)
+
+
+def test_two_rank_run_resumed_by_one_process_continues_as_one_process(runs):
+    assert main(["train", "--resume", str(runs / "experts" / "resume-2"), "--run-dir", str(runs / "runs" / "resume-2"),
+                 "--steps", "3", "--quiet"]) == 0
+    assert_same_run(runs, "sft-1", "resume-2", atol=1e-5)
+
+
+def test_sharded_decomposition_writes_the_single_process_file(runs):
+    from safetensors import safe_open
+
+    one, two = sorted((runs / "svd-1").glob("*.safetensors")), sorted((runs / "svd-2").glob("*.safetensors"))
+    assert len(one) == 1 and [p.name for p in two] == [one[0].name]  # the same fingerprint names the file
+    assert not [p for p in (runs / "svd-2").iterdir() if p.name.startswith(".")]  # no temporaries left
+    with safe_open(str(one[0]), "pt") as a, safe_open(str(two[0]), "pt") as b:
+        assert a.metadata() == b.metadata() and list(a.keys()) == list(b.keys()) and len(a.keys()) == 14 * 3
+        for k in a.keys():
+            assert torch.equal(a.get_tensor(k), b.get_tensor(k)), k
 
 
 def test_seeded_samples_do_not_depend_on_the_batch_split(tiny_llama_dir, one_thread):
