@@ -63,6 +63,7 @@ def assert_same_run(root: Path, a: str, b: str, atol: float) -> None:
 
 SFT = ("--objective", "sft")
 RL = ("--task", "distributed_worker.ParityTask", "--objective", "rloo", "--temperature", "1.0")
+LORA = ("--method", "lora", "--objective", "sft", "--lora-dropout", "0", "--lr", "0.01")  # dropout masks are per rank
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def runs(tiny_llama_dir, tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).parent))  # distributed_worker, importable by the spawned children too
     torch.set_num_threads(1)
     try:
-        for name, extra in (("sft-1", SFT), ("rl-1", RL)):
+        for name, extra in (("sft-1", SFT), ("rl-1", RL), ("lora-1", LORA)):
             assert main(train_argv(tiny_llama_dir, root, name, *extra)) == 0
         decompose = ["decompose", "--model", str(tiny_llama_dir), "--targets", "all-linear", "--cache-dir"]
         assert main([*decompose, str(root / "svd-1")]) == 0
         spawn([[*decompose, str(root / "svd-2")], train_argv(tiny_llama_dir, root, "sft-2", *SFT),
-               train_argv(tiny_llama_dir, root, "rl-2", *RL),
+               train_argv(tiny_llama_dir, root, "rl-2", *RL), train_argv(tiny_llama_dir, root, "lora-2", *LORA),
                train_argv(tiny_llama_dir, root, "resume-2", *SFT, "--steps", "2")], root / "spawn")
         yield root
     finally:
@@ -109,6 +110,19 @@ def test_rl_on_two_ranks_draws_the_same_samples_and_takes_the_same_steps(runs):
     assert [r["reward"] for r in metrics(runs, "rl-1")] == [r["reward"] for r in metrics(runs, "rl-2")]
     assert any(not r.get("skipped") for r in metrics(runs, "rl-1"))  # some groups carried signal
     assert_same_run(runs, "rl-1", "rl-2", atol=1e-4)
+
+
+def test_lora_baseline_on_two_ranks_equals_one_process(runs):
+    assert_same_run(runs, "lora-1", "lora-2", atol=1e-5)
+    assert (runs / "experts" / "lora-2" / "adapter_config.json").is_file()
+
+
+def test_training_alone_under_torchrun_env_is_refused(monkeypatch):
+    from transformer_squared.training.distributed import current
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="WORLD_SIZE=2 but no process group"):
+        current()
 
 
 def test_two_rank_run_resumed_by_one_process_continues_as_one_process(runs):

@@ -52,10 +52,14 @@ def init_from_env() -> "World":
 
 
 def current() -> "World":
+    """This process's World; refuses to run alone when torchrun started several copies (they would race)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size())
+    if launched_world_size() > 1:
+        raise RuntimeError(f"WORLD_SIZE={launched_world_size()} but no process group: call "
+                           "transformer_squared.training.distributed.init_from_env() first (t2 does)")
     return World()
 
 
