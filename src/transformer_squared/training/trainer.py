@@ -148,9 +148,10 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
                     record["valid_answers"] = result.answers
                 if result.accuracy > best:
                     best, best_step = result.accuracy, step + 1
-                    world.is_main and _save_artifact(cfg, policy, handle, task, {
-                        "valid_accuracy": best, "valid_ci95": list(result.ci95), "valid_n": result.n,
-                        "step": best_step, "trainable_params": policy.num_trainable(), "answers": result.answers})
+                    if world.is_main:
+                        _save_artifact(cfg, policy, handle, task, {
+                            "valid_accuracy": best, "valid_ci95": list(result.ci95), "valid_n": result.n,
+                            "step": best_step, "trainable_params": policy.num_trainable(), "answers": result.answers})
             if log is not None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
