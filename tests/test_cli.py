@@ -27,7 +27,8 @@ HELP = {
     ("experts", "rm"): ["name"],
     ("experts", "init"): ["--model", "--targets", "--cache-dir", "--name", "--parametrization", "{paper,reference}",
                           "--noise", "--seed", "--domain", "--description", "--overwrite"],
-    ("export",): ["--model", "--cache-dir", "--library", "--expert", "--out", "--overwrite"],
+    ("export",): ["--model", "--cache-dir", "--library", "--expert", "--out", "--overwrite", "--format", "--rank",
+                  "--gguf-type"],
 }
 
 

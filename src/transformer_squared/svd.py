@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from .progress import tqdm
 
 from .atomic import atomic_file
 
@@ -154,10 +153,12 @@ def decompose(
                     return Decomposition(path, names, fingerprints)
         except Exception:  # a corrupt cache file is recomputed, never trusted
             pass
+    from .svd_shard import factorize_all, wait_for_writer
+
     modules = dict(model.named_modules())
-    tensors: dict[str, torch.Tensor] = {}
-    for name in tqdm(names, desc="SVD", unit="matrix", disable=not progress):
-        U, S, Vh = svd_factors(modules[name].weight)
-        tensors[f"{name}.U"], tensors[f"{name}.S"], tensors[f"{name}.Vh"] = U, S, Vh
-    _atomic_save(tensors, path, {"schema": str(SCHEMA), "names": json.dumps(names), "fingerprint": key})
+    # under torchrun the ranks split the matrices and rank 0 writes the one file (see svd_shard.py)
+    tensors = factorize_all({n: modules[n].weight for n in names}, names, svd_factors, progress)
+    if tensors is not None:
+        _atomic_save(tensors, path, {"schema": str(SCHEMA), "names": json.dumps(names), "fingerprint": key})
+    wait_for_writer()
     return Decomposition(path, names, fingerprints)

@@ -28,6 +28,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.verb_parsers[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     from ..errors import T2Error
 
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # launched by torchrun: share the work, or refuse to race
+        from ..training.distributed import DISTRIBUTED_VERBS, init_from_env
+
+        if args.verb not in DISTRIBUTED_VERBS:
+            print(f"t2 {args.verb}: error: does not run under torchrun (WORLD_SIZE={os.environ['WORLD_SIZE']}); "
+                  f"run it as one process (only {', '.join(DISTRIBUTED_VERBS)} run distributed)", file=sys.stderr)
+            return 2
+        init_from_env()
     try:
         return args.func(args) or 0
     except (T2Error, ValueError, FileNotFoundError) as e:

@@ -72,8 +72,12 @@ def register(sub) -> None:
     add_model_args(p, targets=False)
     add_library_arg(p)
     p.add_argument("--expert", required=True)
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (--format gguf: output .gguf file)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--format", default="hf", choices=["hf", "lora", "gguf"],
+                   help="hf: merged Hugging Face folder (default); lora: PEFT adapter; gguf: merged model for llama.cpp")
+    p.add_argument("--rank", default="full", help="--format lora: components kept per matrix, an integer or 'full' (exact)")
+    p.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"], help="--format gguf: tensor type")
     p.set_defaults(func=export_cmd)
 
 
@@ -268,6 +272,10 @@ def export_cmd(args) -> int:
     from ..export import export_merged
 
     expert = _library(args).get(args.expert)
+    if args.format != "hf":
+        from .export_formats import export_other
+
+        return export_other(args, expert, _svf)
     svf = _svf(args, expert.meta.targets, expert)
     out = export_merged(svf, expert, args.out, overwrite=args.overwrite)
     print(f"exported {expert.name} merged into {svf.model_id} -> {out}")

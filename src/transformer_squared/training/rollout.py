@@ -7,6 +7,12 @@ Groups share their prompt. With K samples per prompt, the prompt is run once per
 log-prob forward (with gradient) alike — and its key/value cache is repeated K times before the completions are
 run on top of it. This is exact (the same computation, de-duplicated) and removes (K−1)/K of the prompt work,
 which is most of the work for short answers: SmolLM2's chat template alone adds ~30 prompt tokens.
+
+Seeded sampling. Given one seed per row, `sample` draws each token by the Gumbel-max trick from that row's own
+generator, token = argmax(logits / T + G) with G = −log(−log u), u ~ U(0, 1) — an exact sample of
+softmax(logits / T), whose randomness depends on the row's seed alone, not on which other rows share the batch.
+The trainer seeds row k of prompt i by (seed, step, i, k), so a run's samples do not depend on how a batch is split
+over processes. Without seeds, sampling uses the global torch generator as before.
 """
 
 from __future__ import annotations
@@ -76,10 +82,24 @@ def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
     return cache, out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (N, V)
 
 
+class RowGumbel:
+    """Logits processor for greedy decoding that turns it into sampling at temperature T, one generator per row."""
+
+    def __init__(self, seeds: list[int], temperature: float):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        V = scores.shape[-1]  # (N, V)
+        u = torch.stack([torch.rand(V, generator=g) for g in self.generators]).clamp_(1e-20, 1 - 1e-7)
+        return scores.float() / self.temperature - torch.log(-torch.log(u)).to(scores.device)
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: float = 1.0, group_size: int = 1,
-           system: str | None = None) -> Rollout:
-    """`group_size` completions for each prompt, rows grouped by prompt. temperature 0 = greedy."""
+           system: str | None = None, seeds: list[int] | None = None) -> Rollout:
+    """`group_size` completions for each prompt, rows grouped by prompt. temperature 0 = greedy.
+    `seeds`: one per row (len(prompts) × group_size) for batch-independent sampling (see the module docstring)."""
     texts = [chat_text(tokenizer, p, system) for p in prompts]
     batch = encode(tokenizer, texts)
     ids, mask, K = batch["input_ids"], batch["attention_mask"], group_size
@@ -88,6 +108,13 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
         kwargs[_cache_kw(model)], _ = _prefill(model, ids[:, :-1], mask[:, :-1], K)
     ids, mask = ids.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0)
     greedy = temperature <= 0
+    if seeds is not None and not greedy:
+        if len(seeds) != ids.shape[0]:
+            raise ValueError(f"sample: {len(seeds)} seeds for {ids.shape[0]} rows")
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([RowGumbel(seeds, temperature)])  # argmax of Gumbel-perturbed logits
+        greedy = True
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=not greedy,
                          temperature=None if greedy else temperature, top_p=None, top_k=None,
                          pad_token_id=tokenizer.pad_token_id, **kwargs)

@@ -4,9 +4,10 @@ Rollouts use merged weights under no_grad (as fast as the base model); log-probs
 factored path, so no dense weight gradient is ever built. Every `save_every` steps the run state (trainable
 tensors, optimizer, step, best validation score) is written atomically to `<run_dir>/checkpoint.pt`; a killed run
 resumed with `--resume` loses at most one interval and continues the same sequence of batches and samples
-(each step's randomness is seeded from (seed, step)); a GRPO step, which takes several updates, is also
-checkpointed between its updates (training/grpo.py). The best expert on the validation split is written to
-`--out` whenever it improves, with its metrics in expert.json.
+(each step's randomness is seeded from (seed, step), each sample's from (seed, step, prompt index, sample index));
+a GRPO step, which takes several updates, is also checkpointed between its updates (training/grpo.py). The best
+expert on the validation split is written to `--out` whenever it improves, with its metrics in expert.json. Under
+torchrun the batch and the validation set are split over ranks (see distributed.py); rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ..progress import tqdm
 from ..atomic import atomic_file, atomic_folder
 from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
-from .evaluate import default_max_new_tokens, evaluate
+from .distributed import current as current_world, evaluate_sharded
+from .evaluate import default_max_new_tokens
 from .grpo import grpo_step
 from .objectives import advantages, policy_loss, sft_loss
 from .rollout import sample, teacher_forced, token_logprobs
@@ -83,6 +85,13 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
 
 def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None) -> TrainResult:
     """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model."""
+    world = current_world()
+    if cfg.batch_size < world.size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes; give each a prompt")
+    if cfg.objective == "grpo" and world.size > 1:
+        raise ValueError("--objective grpo runs in one process only (its updates within a step are not split over "
+                         "ranks yet); run it without torchrun, or use rloo, reinforce or sft under torchrun")
+    progress = progress and world.is_main
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
     state = None
@@ -110,14 +119,16 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         start, best, best_step = state["step"], state["best_valid"], state["best_step"]
     inner = state.get("grpo") if state is not None else None  # a GRPO step interrupted between updates
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.jsonl"
-    history = _read_metrics(metrics_path) if metrics_path.exists() else []
-    history = [h for h in history if h["step"] <= start] if resume else []  # drop what the checkpoint did not keep
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    log = metrics_path.open("a")
-    writer = _tensorboard(run_dir) if cfg.tensorboard else None
-    (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "owner": cfg.owner()}, indent=2) + "\n")
+    log = writer = None
+    if world.is_main:  # rank 0 alone writes
+        run_dir.mkdir(parents=True, exist_ok=True)
+        history = _read_metrics(metrics_path) if metrics_path.exists() else []
+        history = [h for h in history if h["step"] <= start] if resume else []  # drop what the checkpoint did not keep
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        log = metrics_path.open("a")
+        writer = _tensorboard(run_dir) if cfg.tensorboard else None
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "owner": cfg.owner()}, indent=2) + "\n")
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}/{task.name}",
@@ -132,38 +143,48 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
                                                             inner)
                 record = grpo_step(cfg, policy, task, batch, max_new, optimizer, step, save, inner)
             else:
-                record = _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer)
+                seeds = [random.Random(f"{cfg.seed}:{step}:{i}:{k}").randrange(2**63) for i in range(len(batch))
+                         for k in range(cfg.group_size)]  # per sample, never per rank
+                mine = world.shard(len(batch))
+                K = cfg.group_size
+                record = _step(cfg, policy, model, tokenizer, task, batch[mine], max_new, optimizer, world,
+                               seeds[mine.start * K : mine.stop * K])
             record.update(step=step + 1, seconds=round(time.perf_counter() - t0, 2))
             if (step + 1) % cfg.valid_every == 0 or step + 1 == cfg.steps:
                 with policy.sampling():
-                    result = evaluate(model, tokenizer, task, examples=valid_set, max_new_tokens=max_new,
-                                      progress=False)
+                    result = evaluate_sharded(world, model, tokenizer, task, valid_set, max_new_tokens=max_new,
+                                              progress=False)
                 record["valid_accuracy"] = result.accuracy
                 if result.answers:
                     record["valid_answers"] = result.answers
                 if result.accuracy > best:
                     best, best_step = result.accuracy, step + 1
-                    _save_artifact(cfg, policy, handle, task, {
-                        "valid_accuracy": best, "valid_ci95": list(result.ci95), "valid_n": result.n,
-                        "step": best_step, "trainable_params": policy.num_trainable(), "answers": result.answers})
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+                    if world.is_main:
+                        _save_artifact(cfg, policy, handle, task, {
+                            "valid_accuracy": best, "valid_ci95": list(result.ci95), "valid_n": result.n,
+                            "step": best_step, "trainable_params": policy.num_trainable(), "answers": result.answers})
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
             if writer is not None:
                 for k, v in record.items():
                     if isinstance(v, (int, float)):
                         writer.add_scalar(k, v, step + 1)
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward", "nll", "valid_accuracy") if k in record})
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            if world.is_main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
                 _checkpoint(ckpt_path, cfg, policy, optimizer, step + 1, best, best_step)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if writer is not None:
             writer.close()
         num = policy.num_trainable()
         policy.close()
-    plot_metrics(metrics_path, run_dir / "plot.png")
-    if cfg.method == "svf" and best_step > 0:
-        _record_best(cfg, handle, task)
+    world.barrier()  # the expert and checkpoint are complete before any rank returns
+    if world.is_main:
+        plot_metrics(metrics_path, run_dir / "plot.png")
+        if cfg.method == "svf" and best_step > 0:
+            _record_best(cfg, handle, task)
     return TrainResult(Path(cfg.out), best, best_step, cfg.steps, num, time.perf_counter() - t0)
 
 
@@ -199,8 +220,12 @@ def _read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer) -> dict:
-    """One optimisation step; returns its metrics."""
+def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=None, seeds=None) -> dict:
+    """One optimisation step on this rank's share of the batch; returns the global batch's metrics.
+
+    Each part's loss is weighted by its share of the global batch — rows for the policy objectives, completion
+    tokens for SFT (the exact token mean) — so the gradients summed over ranks are one process's gradient."""
+    world = world or current_world()
     prompts = [e["prompt"] for e in batch]
     record: dict = {}
     if cfg.objective == "sft":
@@ -212,21 +237,27 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer) -> dic
     else:
         rows = [e for e in batch for _ in range(cfg.group_size)]
         with policy.sampling():
-            rollout = sample(model, tokenizer, prompts, max_new, cfg.temperature, cfg.group_size)
+            rollout = sample(model, tokenizer, prompts, max_new, cfg.temperature, cfg.group_size, seeds=seeds)
         columns = {k: [e.get(k) for e in rows] for k in rows[0] if k != "prompt"}
         scores = torch.tensor(task.reward([e["prompt"] for e in rows], rollout.completions, **columns),
                               dtype=torch.float32)
         weights = advantages(cfg.objective, scores, cfg.group_size)
-        record.update(reward=float(scores.mean()), completion_tokens=float(rollout.completion_mask.sum(-1).mean()))
-        if cfg.objective == "rloo" and not weights.abs().sum() and cfg.kl_coef == 0:
+        n, score_sum, tokens, signal = world.all_sum([len(scores), float(scores.sum()),
+                                                      float(rollout.completion_mask.sum()), float(weights.abs().sum())])
+        record.update(reward=score_sum / n, completion_tokens=tokens / n)
+        if cfg.objective == "rloo" and not signal and cfg.kl_coef == 0:
             return {**record, "skipped": True}  # every group unanimous: no gradient signal, save the compute
 
     optimizer.zero_grad(set_to_none=True)
     model.train(cfg.method == "lora")  # LoRA dropout while computing the loss; SVF has none
     totals: dict[str, float] = {}
+    total_rows, total_tokens = world.all_sum([len(rollout), float(rollout.completion_mask.sum())])
     for sl in rollout.chunks():
         part = rollout.rows(sl)
-        frac = len(part) / len(rollout)
+        if cfg.objective == "sft":
+            frac = float(part.completion_mask.sum()) / max(total_tokens, 1.0)
+        else:
+            frac = len(part) / total_rows
         if cfg.objective == "sft":
             loss, m = sft_loss(token_logprobs(model, part), part.completion_mask)
         else:
@@ -240,6 +271,9 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer) -> dic
         for k, v in m.items():
             totals[k] = totals.get(k, 0.0) + v * frac
     model.eval()
+    keys = sorted(totals)
+    totals = dict(zip(keys, world.all_sum([totals[k] for k in keys])))
+    world.sync_gradients(policy.parameters())
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
     optimizer.step()
     record.update(totals, grad_norm=float(grad_norm))
