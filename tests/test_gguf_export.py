@@ -31,10 +31,10 @@ def read_back(path, tokenizer: bool = False):
 
 
 @pytest.fixture
-def tiny_svf(tiny_llama_dir, one_thread, tmp_path):
+def tiny_svf(tiny_llama_bpe_dir, one_thread, tmp_path):
     from transformer_squared.svf import load_svf
 
-    return load_svf(str(tiny_llama_dir), cache_dir=tmp_path / "svd", progress=False)
+    return load_svf(str(tiny_llama_bpe_dir), cache_dir=tmp_path / "svd", progress=False)
 
 
 # Measured on this model (logits up to ~1.0, std 0.16): f32 max |Δ| = 0 (a row permutation and float32 copies are
@@ -104,10 +104,10 @@ def test_bad_output_and_failed_write_leave_nothing(tiny_svf, tmp_path, monkeypat
     assert tiny_svf.active is None
 
 
-def test_cli_export_gguf(tiny_llama_dir, one_thread, tmp_path, capsys):
+def test_cli_export_gguf(tiny_llama_bpe_dir, one_thread, tmp_path, capsys):
     from transformer_squared.cli import main
 
-    model, cache, lib = str(tiny_llama_dir), str(tmp_path / "svd"), str(tmp_path / "lib")
+    model, cache, lib = str(tiny_llama_bpe_dir), str(tmp_path / "svd"), str(tmp_path / "lib")
     assert main(["experts", "--library", lib, "init", "--model", model, "--cache-dir", cache, "--name", "noisy",
                  "--noise", "0.1"]) == 0
     capsys.readouterr()

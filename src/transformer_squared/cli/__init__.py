@@ -4,6 +4,7 @@ the verb, so `t2 -h` is instant."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import adapt, chat, core, discover, serve, train  # the package's __init__ has set OMP_WAIT_POLICY before any torch import
