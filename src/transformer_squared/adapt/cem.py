@@ -7,6 +7,13 @@ scores them on the k shots, and refits mean and std to the `elite_ratio` best. T
 every vertex (each expert alone, the base alone), so the result is never worse on the shots than the best single
 expert. The best candidate seen is returned (reference defaults: population 32, elite 0.2, ≤100 iterations, [0, 1]).
 
+Departures from the official CEM (optim_modules.CEM), deliberate: the initial mean is uniform, 1/K per component
+(theirs: the policy's current solution), and the initial std is `init_std` = 0.3 (theirs: half the α range, 0.5);
+the first population also holds every vertex (theirs: random members only); the best member is kept, not
+re-scored (theirs puts it back into every population and re-scores it — with fixed shots and deterministic scoring
+both keep the same best); the refit std of the elite is the population std (divides by n; theirs `torch.std`,
+divides by n − 1), and a single elite halves the std; neither has a minimum std, so the search can collapse early.
+
 Fitness: accuracy of greedy answers on the shots, ties broken by the mean per-token log-likelihood of the reference
 answers; or the log-likelihood alone (`fitness="loglik"`, no generation, much cheaper).
 

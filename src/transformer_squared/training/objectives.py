@@ -16,11 +16,26 @@ the same through its token-mean loss).
   0/1e-4 rounding), so it adds no policy gradient; the KL term still acts. The loop around it: training/grpo.py.
 - ``sft``: next-token negative log-likelihood of reference completions (token mean over the batch).
 
-The KL term is the per-token "k3" estimator on the sampled tokens, exp(q) − q − 1 with q = log π_base − log π,
-which is non-negative and unbiased for KL(π‖π_base); it is averaged over completion tokens. Departures from the
-reference code: reinforce and rloo take a single policy-gradient step per batch (no clipping ratio: they are
-exactly on-policy), and the KL
-is taken to the base model's weights, computed in the same forward layout.
+The KL term is the per-token "k3" estimator on the sampled tokens, k3 = exp(q) − q − 1 with q = log π_base − log π,
+averaged over completion tokens (summed with the token weights in grpo). Its *value* is non-negative and, for
+tokens sampled from π, unbiased for KL(π‖π_base): E_π[π_base/π − log(π_base/π) − 1] = 1 + KL(π‖π_base) − 1. Its
+*gradient* is not that of KL(π‖π_base): the samples are held fixed, so ∇k3 = (1 − π_base/π) ∇log π, and
+E_π[(1 − π_base/π) ∇log π] = −Σ_y π_base(y) ∇log π(y) = ∇KL(π_base‖π). What the optimiser minimises is therefore
+the forward KL(π_base‖π) — the same direction as the official code, whose `F.kl_div(log π, log π_base,
+log_target=True)` is KL(π_base‖π) exactly (tests/test_objectives.py checks both statements on an enumerable
+distribution).
+
+Departures from the official code (SakanaAI/self-adaptive-llms, optim_modules.Reinforce), all deliberate:
+- length normalisation: ℓᵢ is the *mean* token log-prob of a completion; the official REINFORCE uses the *summed*
+  log-prob, so long completions weigh more there;
+- KL: the sampled-token k3 estimator above, averaged over tokens; the official code computes the exact
+  full-vocabulary KL(π_base‖π) at every position and *sums* it over tokens (then divides by the batch size, as we
+  average over samples) — k3 needs no (B, C, vocab) reference log-probs;
+- optimiser: AdamW (weight decay 0 by default, where it equals Adam) vs Adam; gradient clipping at max-norm 1.0 vs
+  their 1e-3 default;
+- rewards: reinforce maps a score of 1 to +1 and anything else to −1; no reward normalisation or clipping (the
+  official code has both as options, off by default); rloo and grpo are ours (the paper uses REINFORCE only);
+- no importance ratio or clipping in reinforce/rloo: one exactly on-policy step per batch, as the official code.
 """
 
 from __future__ import annotations
