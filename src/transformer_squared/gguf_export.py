@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_file
+from .errors import MissingDependency, T2Error
 from .experts import Expert, ExpertError
 from .svf import SVFModel
 
@@ -78,7 +79,7 @@ def _source_pre_tokenizer(model_id: str, gguf) -> str:
 
     try:
         path = resolve_model(model_id)
-    except SystemExit:
+    except T2Error:  # a bundled model whose package is gone: no source GGUF to copy the name from
         return "default"
     if not str(path).endswith(".gguf") or not Path(path).is_file():
         return "default"
@@ -142,7 +143,7 @@ def export_gguf(svf: SVFModel, expert: Expert | None, out: str | os.PathLike, gg
     try:
         import gguf
     except ImportError:
-        raise SystemExit("GGUF export needs the gguf package: run `pip install gguf`") from None
+        raise MissingDependency("GGUF export needs the gguf package: run `pip install gguf`") from None
     out = Path(out)
     if gguf_type not in GGUF_TYPES:
         raise ExpertError(f"--gguf-type {gguf_type!r}: choose one of {', '.join(GGUF_TYPES)}")

@@ -88,7 +88,7 @@ class LoRAPolicy:
         try:
             from peft import LoraConfig, get_peft_model
         except ImportError:
-            raise SystemExit("the LoRA baseline needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
+            raise MissingDependency("the LoRA baseline needs PEFT: run `pip install 'transformer-squared[lora]'`") from None
         torch.manual_seed(seed)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or ["q_proj", "v_proj"],
                             task_type="CAUSAL_LM")

@@ -22,6 +22,7 @@ import torch
 from ..progress import tqdm
 
 from ..atomic import atomic_file, atomic_folder
+from ..errors import MissingDependency
 from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
 from .distributed import current as current_world, evaluate_sharded
@@ -284,7 +285,7 @@ def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise SystemExit("--tensorboard needs the tensorboard package: run `pip install tensorboard`") from None
+        raise MissingDependency("--tensorboard needs the tensorboard package: run `pip install tensorboard`") from None
     return SummaryWriter(str(run_dir / "tb"))
 
 
