@@ -15,6 +15,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..errors import MissingDependency
+
 
 class Policy(Protocol):
     model: nn.Module
