@@ -117,15 +117,18 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
                 tokenizer.save_pretrained(tmp)
         except OSError:
             pass  # a cache we could not write is only slower, never wrong
-    return model.to(dtype), tokenizer
+    return model, tokenizer  # float32; load_model casts it once
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, device: str = "cpu",
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                convert_cache: bool = True) -> LoadedModel:
-    """Load model + tokenizer (float32 unless `dtype` says otherwise)."""
+    """Load model + tokenizer (float32 on the CPU unless `dtype`/`device` say otherwise; "auto" as in precision.py)."""
+    from .precision import cast_model, resolve
+
+    precision = resolve(device, dtype or torch.float32)
     resolved = resolve_model(spec)
     path = Path(resolved).expanduser()
-    dtype = dtype or torch.float32
+    dtype = precision.dtype
     if resolved.endswith(".gguf"):
         if not path.is_file():
             raise SystemExit(f"model file not found: {resolved}")
@@ -139,7 +142,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, devi
             model, tokenizer = _from_pretrained(str(path) if path.exists() else resolved, dtype)
         except OSError as e:
             raise SystemExit(f"--model {spec}: could not load ({str(e).splitlines()[0]})") from None
-    model.to(device).eval()
+    cast_model(model, precision).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # decoder-only: batched generation needs left padding
