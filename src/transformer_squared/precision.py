@@ -5,8 +5,9 @@ Device (`--device`): ``auto`` = the first CUDA GPU if there is one, else the CPU
 
 Compute dtype (`--dtype`): ``float32``, ``bfloat16``, ``float16``, or ``auto``:
 - CUDA → bfloat16 (float16 where the GPU has no bf16, i.e. before Ampere);
-- CPU  → bfloat16 when the CPU has native bf16 units (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo) and
-  ``CPU_AUTO_BF16`` is on — it is set from measurements on such a CPU (BENCHMARKS.md, "Precision"); else float32;
+- CPU  → bfloat16 when the CPU has native bf16 units (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo), unless
+  ``T2_CPU_AUTO_BF16=0`` is set (the test suite sets it, so its tolerances do not depend on the machine);
+  else float32. bf16 there was measured faster and greedy-equivalent (BENCHMARKS.md, "Precision");
 - MPS and anything else → float32.
 
 What lives in which precision (exactly as implemented):
@@ -28,6 +29,7 @@ What lives in which precision (exactly as implemented):
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +39,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 DTYPE_CHOICES = ("auto", *DTYPES)
-# bf16 on a CPU with bf16 units: measured faster on batched work and greedy-equivalent on the default model
-# (BENCHMARKS.md, "Precision"). Set to False to keep `auto` at float32 on every CPU.
-CPU_AUTO_BF16 = True
 
 
 class PrecisionError(ValueError):
@@ -104,7 +103,7 @@ def resolve_dtype(spec: str | torch.dtype | None = "auto", device: torch.device 
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and CPU_AUTO_BF16 and cpu_bf16_units():
+        if device.type == "cpu" and cpu_bf16_units() and os.environ.get("T2_CPU_AUTO_BF16", "1") != "0":
             return torch.bfloat16
         return torch.float32
     if name not in DTYPES:
@@ -155,3 +154,31 @@ def cast_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
             if p.is_floating_point() and p.dtype != precision.dtype:
                 p.data = p.data.to(precision.dtype)
     return model
+
+
+def checkpoint_dtype(model_id: str) -> torch.dtype:
+    """The dtype a checkpoint is stored in: its config.json's ``dtype`` (or ``torch_dtype``) for a folder; float32
+    for a GGUF file (de-quantized to float32) or when the config does not say."""
+    import json
+
+    config = Path(model_id).expanduser() / "config.json"
+    try:
+        raw = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return torch.float32
+    name = str(raw.get("dtype") or raw.get("torch_dtype") or "float32")
+    return DTYPES.get(ALIASES.get(name, name), torch.float32)
+
+
+def cast_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's state dict with floating tensors in `dtype`; tied tensors stay one tensor (saved once)."""
+    cast: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and t.dtype != dtype:
+            key = t.data_ptr()
+            if key not in cast:
+                cast[key] = t.to(dtype)
+            t = cast[key]
+        out[name] = t
+    return out

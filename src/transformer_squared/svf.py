@@ -71,7 +71,7 @@ def compose_weight(U: torch.Tensor, sigma_: torch.Tensor, Vh: torch.Tensor, dtyp
         return ((U32 * sigma_.float()) @ Vh32).to(dtype)
     delta = sigma_.float() - S.float()
     if not delta.any():
-        return base.to(dtype)
+        return base.detach().to(dtype)  # the base itself (a view, never a Parameter), no copy
     return torch.addmm(base.float(), U32 * delta, Vh32).to(dtype)
 
 

@@ -65,7 +65,8 @@ def _mark(score: float) -> str:
     return "ok" if score else "--"
 
 
-def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout) -> int:
+def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout,
+             device: str = "auto", dtype: str = "auto") -> int:
     from ..experts import ExpertLibrary
     from ..svf import load_svf
     from ..tasks import get_task
@@ -82,7 +83,8 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     workdir = Path(workdir) if workdir else default_workdir()
     library, runs = ExpertLibrary(workdir / "experts"), workdir / "runs"
     log(f"[1/4] loading {model} and its SVD (cached after the first run); work folder {workdir}")
-    svf = load_svf(model)
+    svf = load_svf(model, device=device, dtype=dtype)
+    log(f"  precision: {svf.precision.describe()}" + (" (auto: the fastest safe choice here)" if dtype == "auto" else ""))
     log(f"  {len(svf.names)} MLP matrices, {svf.num_z():,} singular values = the size of one expert")
 
     log("[2/4] experts (trained once, then cached)")

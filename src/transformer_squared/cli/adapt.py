@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..training.config import add_dataclass_args
-from .core import add_library_arg, add_model_args
+from .core import add_library_arg, add_model_args, add_precision_args, precision_args
 
 
 def add_strategy_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -57,7 +57,7 @@ def load_strategy_model(args, library, routes):
     first = next(iter(routes.values()), None)
     model = args.model or (first.meta.base_model if first is not None and first.meta.base_model else "default")
     targets = getattr(args, "targets", None) or (first.meta.targets if first is not None else "mlp")
-    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None))
+    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None), **precision_args(args))
 
 
 def strategy_options(args, task=None) -> dict:
@@ -91,6 +91,7 @@ def register(sub) -> None:
     p.add_argument("--workdir", default=None, help="experts and runs of the demo (default: $T2_CACHE/demo)")
     p.add_argument("--n", type=int, default=8, help="prompts per task in the final comparison")
     p.add_argument("--retrain", action="store_true", help="train the demo's experts again")
+    add_precision_args(p)
     p.set_defaults(func=demo_cmd)
 
 
@@ -125,7 +126,7 @@ def adapt_cmd(args) -> int:
 
     first = experts[0]
     svf = load_svf(args.model or first.meta.base_model or "default", targets=first.meta.targets,
-                   cache_dir=args.cache_dir)
+                   cache_dir=args.cache_dir, **precision_args(args))
     population = Population(svf, experts, shots, task, cfg)
     state = Path("runs") / out.name / "cem_state.json"
     if state.exists() and not args.resume:
@@ -145,4 +146,5 @@ def adapt_cmd(args) -> int:
 def demo_cmd(args) -> int:
     from ..adapt.demo import run_demo
 
-    return run_demo(model=args.model, workdir=args.workdir, n=args.n, retrain=args.retrain, out=sys.stdout)
+    return run_demo(model=args.model, workdir=args.workdir, n=args.n, retrain=args.retrain, out=sys.stdout,
+                    **precision_args(args))

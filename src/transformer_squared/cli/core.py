@@ -16,6 +16,20 @@ def add_model_args(p: argparse.ArgumentParser, targets: bool = True) -> None:
         p.add_argument("--targets", default=None,
                        help="matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
     p.add_argument("--cache-dir", default=None, help="SVD cache folder (default: $T2_CACHE/svd or ~/.cache/transformer_squared/svd)")
+    add_precision_args(p)
+
+
+def add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU; default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16 units, else float32 "
+                        "(z, optimiser state and the SVD stay float32 either way)")
+
+
+def precision_args(args) -> dict:
+    """{device, dtype} from the flags, for load_svf / load_model."""
+    return {"device": getattr(args, "device", None) or "auto", "dtype": getattr(args, "dtype", None) or "auto"}
 
 
 def add_library_arg(p: argparse.ArgumentParser) -> None:
@@ -94,7 +108,7 @@ def _svf(args, targets: str | None, expert=None):
     from ..svf import load_svf
 
     model = args.model or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
-    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir)
+    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir, **precision_args(args))
 
 
 def decompose_cmd(args) -> int:
@@ -103,10 +117,14 @@ def decompose_cmd(args) -> int:
     if args.force:
         from ..svd import decompose
 
-        svf.decomposition = decompose(svf.model, svf.names, cache_dir=args.cache_dir, force=True)
+        from ..precision import svd_device
+
+        svf.decomposition = decompose(svf.model, svf.names, cache_dir=args.cache_dir, force=True,
+                                      device=svd_device(svf.precision.device))
     print(f"{len(svf.names)} matrices ({args.targets or 'mlp'}), {svf.num_z():,} singular values = z parameters")
     print(f"factors: {svf.decomposition.path} ({svf.decomposition.nbytes() / 2**20:.1f} MiB)")
-    print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s; "
+          f"held on {svf.precision.describe()})")
     return 0
 
 
@@ -230,8 +248,12 @@ def experts_init(args) -> int:
 def export_cmd(args) -> int:
     from ..export import export_merged
 
+    from ..precision import checkpoint_dtype, resolve_dtype
+
     expert = _library(args).get(args.expert)
+    wanted, args.dtype = args.dtype, "float32"  # compose W' from the float32 base, cast once on saving
     svf = _svf(args, expert.meta.targets, expert)
-    out = export_merged(svf, expert, args.out, overwrite=args.overwrite)
-    print(f"exported {expert.name} merged into {svf.model_id} -> {out}")
+    dtype = checkpoint_dtype(svf.model_id) if wanted in (None, "auto") else resolve_dtype(wanted)
+    out = export_merged(svf, expert, args.out, overwrite=args.overwrite, dtype=dtype)
+    print(f"exported {expert.name} merged into {svf.model_id} -> {out} ({str(dtype).removeprefix('torch.')})")
     return 0

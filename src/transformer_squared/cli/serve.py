@@ -8,7 +8,7 @@ import os
 import sys
 
 from .adapt import add_strategy_args, strategy_options
-from .core import add_library_arg, add_model_args
+from .core import add_library_arg, add_model_args, precision_args
 
 SERVE_EXTRA = "t2 serve needs the serve extra: pip install 'transformer-squared[serve]'"
 LOOPBACK = ("localhost",)
@@ -73,7 +73,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir)
+    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir,
+                   **precision_args(args))
     options = {k: v for k, v in strategy_options(args).items() if v is not None}
     app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
                      limits=limits, batching=args.batching)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..training.config import TrainConfig, add_dataclass_args, config_from_args
-from .core import add_library_arg
+from .core import add_library_arg, add_precision_args, precision_args
 
 
 def register(sub) -> None:
@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--expert", default=None, help="SVF expert (library name or folder)")
     p.add_argument("--lora", default=None, help="PEFT LoRA adapter folder")
     add_library_arg(p)
+    add_precision_args(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for <label>.json (summary) and <label>.jsonl (per sample)")
@@ -93,12 +94,13 @@ def eval_cmd(args: argparse.Namespace) -> int:
         from ..svf import load_svf
 
         expert = ExpertLibrary(args.library).get(args.expert)
-        svf = load_svf(args.model or expert.meta.base_model or "default", targets=expert.meta.targets)
+        svf = load_svf(args.model or expert.meta.base_model or "default", targets=expert.meta.targets,
+                       **precision_args(args))
         model, tokenizer, context = svf.model, svf.tokenizer, svf.applied(expert)
     else:
         from ..models import load_model
 
-        loaded = load_model(args.model or "default")
+        loaded = load_model(args.model or "default", **precision_args(args))
         model, tokenizer, context = loaded.model, loaded.tokenizer, nullcontext()
         if args.lora:
             try:

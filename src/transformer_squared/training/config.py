@@ -46,6 +46,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # LoRA modules
     tensorboard: bool = False  # also log to <run_dir>/tb (needs tensorboard)
     overwrite: bool = False  # replace an existing --out
+    device: str = "auto"  # auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps
+    dtype: str = "auto"  # compute dtype: auto, float32, bfloat16, float16 (z and AdamW state stay float32)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -63,6 +65,10 @@ class TrainConfig:
             raise ValueError("--kl-coef must be >= 0")
         if self.parametrization not in ("paper", "reference"):
             raise ValueError("--parametrization: choose paper or reference")
+        from ..precision import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
         if not self.out:
             raise ValueError("--out is required: the folder the trained expert is written to (e.g. experts/math)")
 
