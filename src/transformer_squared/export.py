@@ -26,14 +26,12 @@ def export_merged(svf: SVFModel, expert: Expert, out: str | os.PathLike, overwri
         raise ExpertError(f"{out} already exists; pass --overwrite or choose another folder")
     with atomic_folder(out) as tmp:
         with svf.applied(expert):
-            held = svf.model.config.dtype
-            if dtype is not None and dtype != svf.precision.dtype:
-                svf.model.config.dtype = dtype  # what config.json says the weights are
-            try:
-                state = None if dtype is None else cast_state_dict(svf.model, dtype)
-                svf.model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
-            finally:
-                svf.model.config.dtype = held
+            state = None if dtype is None else cast_state_dict(svf.model, dtype)
+            svf.model.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+        if dtype is not None:  # config.json must say what the weights are, not what the live model holds
+            config = json.loads((tmp / "config.json").read_text())
+            config["dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if svf.tokenizer is not None:
             svf.tokenizer.save_pretrained(tmp)
         provenance = {"expert": expert.name, "base_model": expert.meta.base_model,
