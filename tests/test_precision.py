@@ -270,3 +270,60 @@ def test_export_in_a_chosen_dtype(tiny_folder, tmp_path, one_thread):
     with svf.applied(expert):
         want = svf.linears[name].weight.to(torch.bfloat16)
     assert torch.equal(reloaded.get_submodule(name).weight, want)  # W' composed in float32, cast once
+
+
+# -- training in bf16: float32 master copies, base untouched -------------------------------------------------------
+
+def _tokenized(svf):
+    from transformer_squared.training.rollout import teacher_forced
+
+    return teacher_forced(svf.tokenizer, ["1+1=", "2+3="], ["2", "5"])
+
+
+def test_svf_policy_step_in_bf16_keeps_float32_master_copy(tiny_folder, tmp_path, one_thread):
+    from transformer_squared.training.objectives import sft_loss
+    from transformer_squared.training.policy import SVFPolicy
+    from transformer_squared.training.rollout import token_logprobs
+
+    from transformer_squared.svf import load_svf
+
+    svf = load_svf(str(tiny_folder), cache_dir=tmp_path, progress=False, device="cpu", dtype="bfloat16")
+    base = {n: w.clone() for n, w in svf.base_weights.items()}
+    policy = SVFPolicy(svf)
+    try:
+        opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+        rollout = _tokenized(svf)
+        logp = token_logprobs(svf.model, rollout)
+        assert logp.dtype == torch.float32  # log-probs in float32 from bf16 logits
+        loss, _ = sft_loss(logp, rollout.completion_mask)
+        loss.backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+                   for p in policy.parameters())
+        opt.step()
+        assert all(s.dtype == torch.float32 for st in opt.state.values() for s in st.values() if s.dim())
+        with policy.sampling():
+            assert all(layer.merged_weight.dtype == torch.bfloat16 for layer in policy.layers.values())
+    finally:
+        policy.close()
+    assert all(torch.equal(svf.linears[n].weight, base[n]) for n in svf.names)  # the base weights never moved
+
+
+def test_lora_policy_in_bf16_has_a_float32_adapter_and_leaves_the_base_alone(tiny_folder, one_thread):
+    pytest.importorskip("peft")
+    from transformer_squared.models import load_model
+    from transformer_squared.training.policy import LoRAPolicy
+
+    loaded = load_model(str(tiny_folder), device="cpu", dtype="bfloat16")
+    base = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    policy = LoRAPolicy(loaded.model, loaded.tokenizer, rank=4, alpha=8, targets=["q_proj", "v_proj"])
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    with torch.no_grad():  # a trained adapter (B = 0 at init would make merging a no-op)
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        with policy.sampling():
+            pass
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+             for n, p in policy.model.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(after[n], w) for n, w in base.items())
