@@ -220,6 +220,7 @@ def test_cli_dtype_flag_reaches_the_model(tiny_folder, tmp_path, capsys, monkeyp
     assert main(["generate", "--model", str(tiny_folder), "--dtype", "bfloat16", "--max-new-tokens", "3", "hi"]) == 0
     assert main(["decompose", "--model", str(tiny_folder), "--dtype", "float32"]) == 0
     assert "held on cpu / float32" in capsys.readouterr().out
+    assert main(["decompose", "--model", str(tiny_folder), "--dtype", "bfloat16", "--force"]) == 0  # from float32
     assert len(list((tmp_path / "svd").glob("*.safetensors"))) == 1
 
 

@@ -266,18 +266,19 @@ def weights_nbytes(weights: dict[str, torch.Tensor]) -> int:
 
 def load_svf(model: str = "default", targets: str = "mlp", cache_dir=None, progress: bool = True,
              cache_bytes: int = 2 << 30, device: str | torch.device | None = "auto",
-             dtype: str | torch.dtype | None = "auto") -> SVFModel:
+             dtype: str | torch.dtype | None = "auto", force: bool = False) -> SVFModel:
     """Load a model (see models.load_model), decompose its targets (cached) and wrap it.
 
-    The model is loaded in float32 on the host, decomposed in float32 (on the GPU if `device` is one), then cast
-    once to the compute dtype and moved to `device`; factors follow it (rules: precision.py)."""
+    The model is loaded in float32 on the host, decomposed in float32 (on the GPU if `device` is one; `force`
+    recomputes a cached SVD), then cast once to the compute dtype and moved to `device`; factors follow it
+    (rules: precision.py)."""
     from .models import load_model
     from .precision import cast_model, resolve, svd_device
 
     precision = resolve(device, dtype)
     loaded = load_model(model, dtype=torch.float32, device="cpu")
     decomposition = decompose(loaded.model, targets, cache_dir=cache_dir, progress=progress,
-                              device=svd_device(precision.device))
+                              device=svd_device(precision.device), force=force)
     cast_model(loaded.model, precision)
     return SVFModel(loaded.model, decomposition, cache_bytes=cache_bytes, tokenizer=loaded.tokenizer,
                     model_id=loaded.model_id, targets=targets)

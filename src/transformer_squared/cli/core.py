@@ -104,23 +104,16 @@ def _library(args):
     return ExpertLibrary(args.library)
 
 
-def _svf(args, targets: str | None, expert=None):
+def _svf(args, targets: str | None, expert=None, force: bool = False):
     from ..svf import load_svf
 
     model = args.model or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
-    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir, **precision_args(args))
+    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir, force=force, **precision_args(args))
 
 
 def decompose_cmd(args) -> int:
     t0 = time.perf_counter()
-    svf = _svf(args, args.targets)
-    if args.force:
-        from ..svd import decompose
-
-        from ..precision import svd_device
-
-        svf.decomposition = decompose(svf.model, svf.names, cache_dir=args.cache_dir, force=True,
-                                      device=svd_device(svf.precision.device))
+    svf = _svf(args, args.targets, force=args.force)  # decomposed from the float32 weights, before the cast
     print(f"{len(svf.names)} matrices ({args.targets or 'mlp'}), {svf.num_z():,} singular values = z parameters")
     print(f"factors: {svf.decomposition.path} ({svf.decomposition.nbytes() / 2**20:.1f} MiB)")
     print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s; "
