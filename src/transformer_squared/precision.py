@@ -20,9 +20,11 @@ What lives in which precision (exactly as implemented):
 3. Factors are held on the device: U and Vᵀ in the compute dtype, σ in float32 (σ meets z there).
 4. z and the optimiser state (the master copy) are float32; σ' = sigma(z, σ) is computed in float32 and cast to
    the compute dtype only where it multiplies activations (factored path).
-5. A merged weight is composed as W' = W + U diag(σ' − σ) Vᵀ, accumulated in float32 and cast once to the
-   compute dtype (svf.compose_weight). Equal to U diag(σ') Vᵀ in exact arithmetic (W = U diag(σ) Vᵀ), but the
-   base comes back bit-exactly at σ' = σ in every dtype and the factors' rounding only touches the change.
+5. A merged weight is composed as W' = W + U diag(σ' − σ) Vᵀ (svf.compose_weight): the change is one GEMM of
+   the held factors with float32 accumulation (a float32 GEMM for float32 factors; below float32 the GEMM runs
+   in the factors' dtype, accumulating in float32, and its result is rounded once), added to W in float32, and
+   the sum cast once to the compute dtype. Equal to U diag(σ') Vᵀ in exact arithmetic (W = U diag(σ) Vᵀ), but
+   the base comes back bit-exactly at σ' = σ in every dtype and rounding only touches the change.
 6. Log-probabilities and losses are computed in float32 from the compute-dtype logits.
 """
 

@@ -65,14 +65,19 @@ def compose_weight(U: torch.Tensor, sigma_: torch.Tensor, Vh: torch.Tensor, dtyp
                    base: torch.Tensor | None = None, S: torch.Tensor | None = None) -> torch.Tensor:
     """W' = U diag(σ') Vᵀ by scaling U's columns: (out, r) * (r,) @ (r, in) -> (out, in), in float32, cast once.
 
-    With the base weight W and its σ: W' = W + U diag(σ' − σ) Vᵀ (exactly W where σ' = σ)."""
-    U32, Vh32 = U.float(), Vh.float()
+    With the base weight W and its σ: W' = W + U diag(σ' − σ) Vᵀ (exactly W where σ' = σ). Factors held below
+    float32 are multiplied in their own dtype — the GEMM accumulates in float32 (oneDNN, cuBLAS), 3× faster than a
+    float32 GEMM on bf16 hardware — so only the change U diag(σ' − σ) Vᵀ is rounded once; it is added to W in
+    float32 and the sum cast once."""
     if base is None:
-        return ((U32 * sigma_.float()) @ Vh32).to(dtype)
+        return ((U.float() * sigma_.float()) @ Vh.float()).to(dtype)
     delta = sigma_.float() - S.float()
     if not delta.any():
         return base.detach().to(dtype)  # the base itself (a view, never a Parameter), no copy
-    return torch.addmm(base.float(), U32 * delta, Vh32).to(dtype)
+    if U.dtype == torch.float32:
+        return torch.addmm(base.float(), U * delta, Vh.float()).to(dtype)
+    change = (U * delta.to(U.dtype)) @ Vh  # (out, in), float32 accumulation inside the GEMM
+    return (base.float() + change.float()).to(dtype)
 
 
 class SVFLinear(nn.Module):
