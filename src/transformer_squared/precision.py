@@ -155,7 +155,22 @@ def cast_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
         for p in model.parameters():
             if p.is_floating_point() and p.dtype != precision.dtype:
                 p.data = p.data.to(precision.dtype)
+    contiguous_head_input(model)
     return model
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Make the LM head's input contiguous (idempotent).
+
+    With ``logits_to_keep`` (every prefill, teacher-forced log-probs) transformers feeds the head a slice
+    ``hidden[:, -k:, :]``; a 3-D non-contiguous input makes ``F.linear`` fall back to a batched matmul over a
+    copied, expanded weight: measured on this CPU for (32, 5 of 50, 576) @ (576, 49152), 3.3 s instead of 0.49 s
+    in float32 and 25 s instead of 0.22 s in bf16."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "_t2_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+    head._t2_contiguous_input = True
 
 
 def checkpoint_dtype(model_id: str) -> torch.dtype:
