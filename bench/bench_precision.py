@@ -13,6 +13,9 @@ float32 time / bf16 time (> 1 means bf16 is faster):
 - cem        CEM population scoring with the loglik fitness: 16 candidates × 8 shots, per-row σ' (factored)
 - decode     batch-1 greedy decode tokens/s (64 new tokens)
 - serve      the serve engine's mixed-expert scenario (16 requests over base + 3 experts, rows batching)
+- overhead   batch-1 greedy generation (prompt prefill + 64 tokens) before the decode-overhead work — float32
+             with the LM head fed the sliced, non-contiguous hidden states — vs after (precision.contiguous_head_input)
+             in float32 and bf16; tokens/s of each and the ratios to "before"
 
 Times are medians of --repeats runs after one warm-up. The machine may be shared: ratios from one run are
 meaningful, absolute times less so.
@@ -30,7 +33,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning threads beside other jobs are ~5x slower
 import torch  # noqa: E402
 
-PARTS = ("agreement", "rl", "rollout", "cem", "decode", "serve")
+PARTS = ("agreement", "rl", "rollout", "cem", "decode", "serve", "overhead")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -191,6 +194,32 @@ def serve(svfs, args) -> dict:
     return out
 
 
+def overhead(svfs, args) -> dict:
+    from transformer_squared.generation import GenerationConfig, chat_text, generate_ids
+
+    out = {}
+    for d, svf in svfs.items():
+        head = svf.model.get_output_embeddings()
+        text = [chat_text(svf.tokenizer, "Write a short story about a robot who learns to paint.")]
+        config = GenerationConfig(max_new_tokens=64, batch_size=1)
+        for label, hooks in (("without", {}), ("with", dict(head._forward_pre_hooks))):
+            if d == "bfloat16" and label == "without":
+                continue  # "before" is float32: bf16 did not exist as an option
+            saved = dict(head._forward_pre_hooks)
+            head._forward_pre_hooks.clear()
+            head._forward_pre_hooks.update(hooks)
+            try:
+                secs, ids = _timed(lambda: generate_ids(svf.model, svf.tokenizer, text, config), args.repeats)
+            finally:
+                head._forward_pre_hooks.clear()
+                head._forward_pre_hooks.update(saved)
+            out[f"{d} {label} fix"] = len(ids[0]) / secs  # tokens/s
+    before = out["float32 without fix"]
+    for k, v in out.items():
+        print(f"overhead {k:26} {v:6.2f} tokens/s  ({v / before:.2f}x before)")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="+", default=list(PARTS), choices=PARTS)
@@ -212,7 +241,7 @@ def main() -> int:
     for part in args.only:
         res = globals()[part](svfs, args)
         results[part] = res
-        if part != "agreement":
+        if part not in ("agreement", "overhead"):
             ratio = res["float32"] / res["bfloat16"]
             unit = "s/token" if part == "decode" else "s"
             goal = goals.get(part)
