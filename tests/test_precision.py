@@ -328,3 +328,21 @@ def test_lora_policy_in_bf16_has_a_float32_adapter_and_leaves_the_base_alone(tin
     after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
              for n, p in policy.model.named_parameters() if "lora_" not in n}
     assert all(torch.equal(after[n], w) for n, w in base.items())
+
+
+def test_lm_head_gets_a_contiguous_input_and_the_same_logits(tiny_folder, one_thread):
+    from transformer_squared.models import load_model
+
+    model = load_model(str(tiny_folder), device="cpu", dtype="float32").model
+    head = model.get_output_embeddings()
+    assert head._t2_contiguous_input and len(head._forward_pre_hooks) == 1
+    ids = torch.randint(0, 128, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fixed = model(input_ids=ids, logits_to_keep=4).logits
+        hooks = dict(head._forward_pre_hooks)
+        head._forward_pre_hooks.clear()
+        try:
+            sliced = model(input_ids=ids, logits_to_keep=4).logits
+        finally:
+            head._forward_pre_hooks.update(hooks)
+    torch.testing.assert_close(fixed, sliced, rtol=1e-5, atol=1e-5)  # same maths, only the memory layout differs
