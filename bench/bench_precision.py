@@ -13,9 +13,6 @@ float32 time / bf16 time (> 1 means bf16 is faster):
 - cem        CEM population scoring with the loglik fitness: 16 candidates × 8 shots, per-row σ' (factored)
 - decode     batch-1 greedy decode tokens/s (64 new tokens)
 - serve      the serve engine's mixed-expert scenario (16 requests over base + 3 experts, rows batching)
-- overhead   batch-1 greedy generation (prompt prefill + 64 tokens) before the decode-overhead work — float32
-             with the LM head fed the sliced, non-contiguous hidden states — vs after (precision.contiguous_head_input)
-             in float32 and bf16; tokens/s of each and the ratios to "before"
 
 Times are medians of --repeats runs after one warm-up. The machine may be shared: ratios from one run are
 meaningful, absolute times less so.
@@ -33,17 +30,24 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning threads beside other jobs are ~5x slower
 import torch  # noqa: E402
 
-PARTS = ("agreement", "rl", "rollout", "cem", "decode", "serve", "overhead")
+PARTS = ("agreement", "rl", "rollout", "cem", "decode", "serve")
 DTYPES = ("float32", "bfloat16")
 
 
-def _timed(fn, repeats: int) -> tuple[float, object]:
+CPU_TIMES: dict[str, float] = {}  # part/dtype -> median CPU seconds of the process (less disturbed by load)
+
+
+def _timed(fn, repeats: int, key: str = "") -> tuple[float, object]:
+    """Median wall seconds of `repeats` calls after one warm-up; the median CPU seconds go to CPU_TIMES[key]."""
     fn()  # warm-up
-    times, out = [], None
+    times, cpus, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    if key:
+        CPU_TIMES[key] = statistics.median(cpus)
     return statistics.median(times), out
 
 
@@ -110,7 +114,7 @@ def rollout(svfs, args) -> dict:
                 torch.manual_seed(0)
                 with policy.sampling():
                     return sample(svf.model, svf.tokenizer, prompts, 16, 1.0, group_size=args.group)
-            out[d], _ = _timed(run, args.repeats)
+            out[d], _ = _timed(run, args.repeats, f"rollout {d}")
         finally:
             policy.close()
     return out
@@ -139,7 +143,7 @@ def rl(svfs, args) -> dict:
                     loss, _ = policy_loss(token_logprobs(svf.model, part), part.completion_mask, adv[sl])
                     (loss * len(part) / len(ro)).backward()
                 opt.step()
-            out[d], _ = _timed(run, args.repeats)
+            out[d], _ = _timed(run, args.repeats, f"rl {d}")
         finally:
             policy.close()
     return out
@@ -159,7 +163,7 @@ def cem(svfs, args) -> dict:
                                     name=f"e{i}") for i in range(3)]
         pop = Population(svf, experts, shots, task, CEMConfig(population=16, fitness="loglik"))
         alphas = torch.rand(16, len(pop.components), generator=torch.Generator().manual_seed(1))
-        out[d], _ = _timed(lambda: pop.score(alphas), args.repeats)
+        out[d], _ = _timed(lambda: pop.score(alphas), args.repeats, f"cem {d}")
     return out
 
 
@@ -170,8 +174,9 @@ def decode(svfs, args) -> dict:
     for d, svf in svfs.items():
         text = [chat_text(svf.tokenizer, "Write a short story about a robot who learns to paint.")]
         config = GenerationConfig(max_new_tokens=64, batch_size=1)
-        secs, ids = _timed(lambda: generate_ids(svf.model, svf.tokenizer, text, config), args.repeats)
+        secs, ids = _timed(lambda: generate_ids(svf.model, svf.tokenizer, text, config), args.repeats, f"decode {d}")
         out[d] = secs / max(len(ids[0]), 1)  # seconds per token
+        CPU_TIMES[f"decode {d}"] /= max(len(ids[0]), 1)
     return out
 
 
@@ -190,33 +195,7 @@ def serve(svfs, args) -> dict:
         def run():
             rows = [Row(tok(p, add_special_tokens=False)["input_ids"], 16, experts[i % 4]) for i, p in enumerate(prompts)]
             return decode_batch(svf, rows, "rows", tok.pad_token_id, {tok.eos_token_id})
-        out[d], _ = _timed(run, args.repeats)
-    return out
-
-
-def overhead(svfs, args) -> dict:
-    from transformer_squared.generation import GenerationConfig, chat_text, generate_ids
-
-    out = {}
-    for d, svf in svfs.items():
-        head = svf.model.get_output_embeddings()
-        text = [chat_text(svf.tokenizer, "Write a short story about a robot who learns to paint.")]
-        config = GenerationConfig(max_new_tokens=64, batch_size=1)
-        for label, hooks in (("without", {}), ("with", dict(head._forward_pre_hooks))):
-            if d == "bfloat16" and label == "without":
-                continue  # "before" is float32: bf16 did not exist as an option
-            saved = dict(head._forward_pre_hooks)
-            head._forward_pre_hooks.clear()
-            head._forward_pre_hooks.update(hooks)
-            try:
-                secs, ids = _timed(lambda: generate_ids(svf.model, svf.tokenizer, text, config), args.repeats)
-            finally:
-                head._forward_pre_hooks.clear()
-                head._forward_pre_hooks.update(saved)
-            out[f"{d} {label} fix"] = len(ids[0]) / secs  # tokens/s
-    before = out["float32 without fix"]
-    for k, v in out.items():
-        print(f"overhead {k:26} {v:6.2f} tokens/s  ({v / before:.2f}x before)")
+        out[d], _ = _timed(run, args.repeats, f"serve {d}")
     return out
 
 
@@ -241,12 +220,17 @@ def main() -> int:
     for part in args.only:
         res = globals()[part](svfs, args)
         results[part] = res
-        if part not in ("agreement", "overhead"):
+        if part != "agreement":
             ratio = res["float32"] / res["bfloat16"]
             unit = "s/token" if part == "decode" else "s"
             goal = goals.get(part)
+            cpu = {d: CPU_TIMES.get(f"{part} {d}") for d in DTYPES}
+            cpu_ratio = f"; CPU time {cpu['float32']:.3f} vs {cpu['bfloat16']:.3f} = {cpu['float32'] / cpu['bfloat16']:.2f}x" \
+                if all(cpu.values()) else ""
+            res["cpu"] = cpu
             print(f"{part:8} fp32 {res['float32']:.3f} {unit}  bf16 {res['bfloat16']:.3f} {unit}  speed-up {ratio:.2f}x"
-                  + (f"  (goal >= {goal}x: {'met' if ratio >= goal else 'missed'})" if goal else ""), flush=True)
+                  + (f"  (goal >= {goal}x: {'met' if ratio >= goal else 'missed'})" if goal else "") + cpu_ratio,
+                  flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2, default=str)
