@@ -28,7 +28,7 @@ import sys
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning threads beside other jobs are ~5x slower
-import torch  # noqa: E402
+import torch
 
 PARTS = ("agreement", "rl", "rollout", "cem", "decode", "serve")
 DTYPES = ("float32", "bfloat16")

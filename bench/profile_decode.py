@@ -15,7 +15,7 @@ import os
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import torch  # noqa: E402
+import torch
 
 
 def bare_loop(model, ids, mask, tokens: int) -> float:

@@ -11,11 +11,9 @@ float32 the noise is ~1e-6 and a 1e-4 floor covers the SVD's own reconstruction 
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
-
 from conftest import build_tiny_model, logits_of, noisy_z
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -263,7 +261,7 @@ def test_export_in_a_chosen_dtype(tiny_folder, tmp_path, one_thread):
     out = export_merged(svf, expert, tmp_path / "out", dtype=torch.bfloat16)
     files = list(out.glob("*.safetensors"))
     with safe_open(str(files[0]), framework="pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict) == {torch.bfloat16}
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     assert svf.model.dtype == torch.float32  # the live model is untouched
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)
@@ -282,11 +280,10 @@ def _tokenized(svf):
 
 
 def test_svf_policy_step_in_bf16_keeps_float32_master_copy(tiny_folder, tmp_path, one_thread):
+    from transformer_squared.svf import load_svf
     from transformer_squared.training.objectives import sft_loss
     from transformer_squared.training.policy import SVFPolicy
     from transformer_squared.training.rollout import token_logprobs
-
-    from transformer_squared.svf import load_svf
 
     svf = load_svf(str(tiny_folder), cache_dir=tmp_path, progress=False, device="cpu", dtype="bfloat16")
     base = {n: w.clone() for n, w in svf.base_weights.items()}

@@ -103,7 +103,7 @@ class Decomposition:
         self._loaded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.device, self.dtype = torch.device("cpu"), torch.float32
 
-    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Decomposition":
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Decomposition:
         """Hold factors on `device`, U and Vᵀ in `dtype`, σ in float32 (only the held copy; the file stays float32)."""
         device = torch.device(device)
         if (device, dtype) != (self.device, self.dtype):

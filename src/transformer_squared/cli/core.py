@@ -240,7 +240,6 @@ def experts_init(args) -> int:
 
 def export_cmd(args) -> int:
     from ..export import export_merged
-
     from ..precision import checkpoint_dtype, resolve_dtype
 
     expert = _library(args).get(args.expert)
