@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--fitness", default="accuracy")
     args = p.parse_args()
     library = ExpertLibrary(args.library)
-    svf = load_svf("default", progress=False)
+    svf = load_svf("default", progress=False, dtype="float32")
     if "dispatch" in args.parts:
         dispatch(svf, library, Path(args.data), args.n)
     if "unseen" in args.parts:

@@ -54,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
 
     experts = list(answer_experts(ExpertLibrary(args.library)).values())
-    svf = load_svf(experts[0].meta.base_model or "default", progress=False)
+    svf = load_svf(experts[0].meta.base_model or "default", progress=False, dtype="float32")
     task = get_task(args.task, args.data)
     shots = fewshot_examples(task, args.shots)
     print(f"torch threads {torch.get_num_threads()}; experts {[e.name for e in experts]} + base; task {task.name}; "

@@ -69,7 +69,7 @@ def main() -> None:
             result = train_expert(cfg, resume=resume)
             train_s = time.perf_counter() - t0
             if method == "svf":
-                svf = load_svf("default", progress=False)
+                svf = load_svf("default", progress=False, dtype="float32")
                 with svf.applied(Expert.load(out)):
                     res = evaluate(svf.model, svf.tokenizer, task, examples=test, max_new_tokens=MAX_NEW[task_name])
             else:

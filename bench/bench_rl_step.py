@@ -32,7 +32,7 @@ import time
 def _load():
     from transformer_squared.svf import load_svf
 
-    return load_svf("default", progress=False)
+    return load_svf("default", progress=False, dtype="float32")
 
 
 def _rollouts(path: str, batch: int, group: int) -> None:

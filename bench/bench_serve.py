@@ -145,6 +145,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-seconds", type=float, default=300, help="per scenario: no new requests after this")
     p.add_argument("--json", default=None)
+    p.add_argument("--device", default="cpu", help="as t2 serve --device (auto, cpu, cuda, cuda:N, mps)")
+    p.add_argument("--dtype", default="float32", help="as t2 serve --dtype (auto, float32, bfloat16, float16)")
     args = p.parse_args()
 
     from transformer_squared import Expert, ExpertLibrary, load_svf
@@ -154,7 +156,8 @@ def main() -> None:
             "python": platform.python_version(), "loadavg_start": os.getloadavg(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "(unset)")}
     print(json.dumps(info))
-    svf = load_svf("default", progress=False)
+    svf = load_svf("default", progress=False, device=args.device, dtype=args.dtype)
+    print(f"precision: {svf.precision.describe()}")
     library = ExpertLibrary(tempfile.mkdtemp(prefix="t2-bench-serve-"))
     for i, name in enumerate(EXPERTS):
         g = torch.Generator().manual_seed(i)

@@ -394,7 +394,7 @@ def main(repeats: int = 5, quick: bool = False, json_path: str | None = None) ->
               "(decoding measured ~10x slower). Consider OMP_WAIT_POLICY=PASSIVE.", flush=True)
 
     t = time.perf_counter()
-    svf = load_svf("default", cache_dir=cache_dir, progress=False)  # the first run converts the GGUF and decomposes
+    svf = load_svf("default", cache_dir=cache_dir, progress=False, dtype="float32")  # the first run converts the GGUF and decomposes
     print(f"loaded the default model + decomposition in {time.perf_counter() - t:.1f}s "
           f"({len(svf.names)} matrices, factors {svf.decomposition.nbytes() / 2**20:.0f} MiB)", flush=True)
     A, B = make_expert(svf, random_z(svf, 1)), make_expert(svf, random_z(svf, 2))

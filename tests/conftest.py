@@ -7,9 +7,14 @@ imported inside the fixtures so that test files which need neither (tasks, CLI h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# `--dtype auto` picks bf16 on CPUs with bf16 units; pin it to float32 so that tolerances do not depend on the
+# machine (subprocesses inherit it). Tests of bf16 ask for it explicitly (tests/test_precision.py).
+os.environ.setdefault("T2_CPU_AUTO_BF16", "0")
 
 VOCAB = 128
 SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -110,7 +110,7 @@ def test_exported_expert_is_an_ordinary_hf_model(svf, expert, prompt_ids, tmp_pa
     assert svf.active is None  # export leaves the model as it found it
     provenance = json.loads((out / "t2_expert.json").read_text())
     assert provenance == {"expert": "random", "base_model": "default", "fingerprint": expert.meta.fingerprint,
-                          "parametrization": "paper", "targets": TARGETS}
+                          "parametrization": "paper", "targets": TARGETS, "dtype": "float32"}
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
 
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

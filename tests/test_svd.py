@@ -96,7 +96,7 @@ def test_second_decompose_reuses_the_cache(tiny_model, svd_cache, monkeypatch):
     first = decompose(tiny_model("llama"), "mlp", cache_dir=svd_cache, progress=False)
     mtime = first.path.stat().st_mtime_ns
 
-    def no_svd(weight):
+    def no_svd(weight, *a):
         raise AssertionError("the cached factors should have been reused")
 
     monkeypatch.setattr(svd, "svd_factors", no_svd)
@@ -130,7 +130,7 @@ def test_corrupt_cache_file_is_recomputed(tiny_model, svd_cache, monkeypatch, co
     path.write_bytes({"garbage": b"\x00not safetensors" * 64, "truncated": data[: len(data) // 2], "empty": b""}[corrupt])
     calls = []
     real = svd.svd_factors
-    monkeypatch.setattr(svd, "svd_factors", lambda w: calls.append(1) or real(w))
+    monkeypatch.setattr(svd, "svd_factors", lambda w, *a: calls.append(1) or real(w, *a))
     d = decompose(model, "mlp", cache_dir=svd_cache, progress=False)
     assert len(calls) == len(d.names) == 6
     assert d.path == path and path.stat().st_size == len(data)  # same key, rewritten in full
@@ -144,7 +144,7 @@ def test_force_recomputes(tiny_model, svd_cache, monkeypatch):
     decompose(model, "mlp", cache_dir=svd_cache, progress=False)
     calls = []
     real = svd.svd_factors
-    monkeypatch.setattr(svd, "svd_factors", lambda w: calls.append(1) or real(w))
+    monkeypatch.setattr(svd, "svd_factors", lambda w, *a: calls.append(1) or real(w, *a))
     decompose(model, "mlp", cache_dir=svd_cache, progress=False, force=True)
     assert len(calls) == 6
 

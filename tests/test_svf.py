@@ -256,7 +256,7 @@ def test_row_sigma_mixes_experts_in_one_model_batch(svf, input_ids, logits, rand
 def count_compositions(monkeypatch) -> list[int]:
     calls = []
     real = svf_module.compose_weight
-    monkeypatch.setattr(svf_module, "compose_weight", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(svf_module, "compose_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 

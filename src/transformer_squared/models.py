@@ -139,7 +139,7 @@ def _load_gguf(path: Path, dtype, convert_cache: bool):
                 tokenizer.save_pretrained(tmp)
         except OSError:
             pass  # a cache we could not write is only slower, never wrong
-    return model.to(dtype), tokenizer
+    return model, tokenizer  # float32; load_model casts it once
 
 
 ACCEPTED = (f"accepted: a bundled name ({', '.join(BUNDLED)}), a .gguf file, a model folder, or a hub id such as "
@@ -187,13 +187,16 @@ def _cached_on_hub(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, device: str = "cpu",
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                convert_cache: bool = True) -> LoadedModel:
-    """Load model + tokenizer (float32 unless `dtype` says otherwise). Raises ModelError when `spec` names nothing
-    loadable, MissingDependency when a package it needs is not installed."""
+    """Load model + tokenizer (float32 on the CPU unless `dtype`/`device` say otherwise; "auto" as in precision.py).
+    Raises ModelError when `spec` names nothing loadable, MissingDependency when a package it needs is missing."""
+    from .precision import cast_model, resolve
+
+    precision = resolve(device, dtype or torch.float32)
     resolved = resolve_model(spec)
     path = Path(resolved).expanduser()
-    dtype = dtype or torch.float32
+    dtype = precision.dtype
     if resolved.endswith(".gguf"):
         if not path.is_file():
             raise ModelError(f"--model {spec}: no such .gguf file")
@@ -217,7 +220,7 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype | None = None, devi
         except OSError as e:
             raise ModelError(f"--model {spec}: could not load ({str(e).splitlines()[0]}); the name may be mistyped; "
                              f"{ACCEPTED}") from None
-    model.to(device).eval()
+    cast_model(model, precision).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # decoder-only: batched generation needs left padding

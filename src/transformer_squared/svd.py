@@ -5,9 +5,11 @@ model's dtype:
 
     W = U diag(σ) Vᵀ,   U: (out, r),  σ: (r,),  Vᵀ: (r, in),  r = min(out, in)
 
-Factors live in one safetensors file per set of targeted matrices, named by a fingerprint of the weights
-themselves (names, shapes, dtypes and bytes), so a changed checkpoint can never reuse stale factors. The file is
-opened lazily: a matrix's factors are read the first time they are asked for.
+Factors live in one float32 safetensors file per set of targeted matrices, named by a fingerprint of the float32
+weights themselves (names, shapes and bytes), so a changed checkpoint can never reuse stale factors, and a bf16 and
+a float32 run of the same checkpoint share one file (see precision.py). The file is opened lazily: a matrix's
+factors are read the first time they are asked for, and held on the compute device (U, Vᵀ in the compute dtype,
+σ in float32) once `Decomposition.to` has been called.
 """
 
 from __future__ import annotations
@@ -68,13 +70,17 @@ def find_targets(model: nn.Module, targets: str = "mlp") -> list[str]:
 
 
 def weight_fingerprints(model: nn.Module, names: list[str]) -> dict[str, str]:
-    """A content hash of each named linear's weight (name, shape, dtype, bytes)."""
+    """A content hash of each named linear's weight as float32 (name, shape, bytes).
+
+    Hashing the float32 value, not the held dtype, makes the key independent of the compute dtype: a bf16
+    checkpoint hashes the same loaded as bf16 or as float32 (the upcast is exact), and `load_svf` always
+    fingerprints the float32 weights before casting."""
     modules = dict(model.named_modules())
     out = {}
     for name in names:
-        w = modules[name].weight.detach().contiguous().cpu()
+        w = modules[name].weight.detach().to("cpu", torch.float32).contiguous()
         h = hashlib.blake2b(digest_size=16)
-        h.update(f"{name}|{tuple(w.shape)}|{w.dtype}".encode())
+        h.update(f"{name}|{tuple(w.shape)}|{torch.float32}".encode())
         h.update(w.view(torch.uint8).reshape(-1).numpy().data)  # raw bytes, no copy
         out[name] = h.hexdigest()
     return out
@@ -95,20 +101,33 @@ class Decomposition:
         self.fingerprint = combine_fingerprints(fingerprints, names)
         self._file = None
         self._loaded: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> Decomposition:
+        """Hold factors on `device`, U and Vᵀ in `dtype`, σ in float32 (only the held copy; the file stays float32)."""
+        device = torch.device(device)
+        if (device, dtype) != (self.device, self.dtype):
+            self.device, self.dtype = device, dtype
+            self._loaded = {n: self._place(*f) for n, f in self._loaded.items()}
+        return self
+
+    def _place(self, U, S, Vh):
+        return (U.to(self.device, self.dtype), S.to(self.device, torch.float32), Vh.to(self.device, self.dtype))
 
     def __repr__(self) -> str:
         return (f"Decomposition({len(self.names)} matrices, fingerprint={self.fingerprint[:12]!r}, "
                 f"path={str(self.path)!r})")
 
     def factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(U, σ, Vᵀ) for one matrix: shapes (out, r), (r,), (r, in), float32."""
+        """(U, σ, Vᵀ) for one matrix: shapes (out, r), (r,), (r, in); U, Vᵀ in the held dtype, σ float32."""
         if name not in self._loaded:
             if self._file is None:
                 from safetensors import safe_open
 
                 self._file = safe_open(str(self.path), framework="pt")
             f = self._file
-            self._loaded[name] = (f.get_tensor(f"{name}.U"), f.get_tensor(f"{name}.S"), f.get_tensor(f"{name}.Vh"))
+            self._loaded[name] = self._place(f.get_tensor(f"{name}.U"), f.get_tensor(f"{name}.S"),
+                                             f.get_tensor(f"{name}.Vh"))
         return self._loaded[name]
 
     def rank(self, name: str) -> int:
@@ -125,10 +144,11 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def svd_factors(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD in float32: W = U diag(σ) Vᵀ."""
-    U, S, Vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
-    return U.contiguous(), S.contiguous(), Vh.contiguous()
+def svd_factors(weight: torch.Tensor, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD in float32 on `device` (default: where the weight is): W = U diag(σ) Vᵀ; factors on the host."""
+    w = weight.detach().to(device or weight.device, torch.float32)
+    U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+    return U.cpu().contiguous(), S.cpu().contiguous(), Vh.cpu().contiguous()
 
 
 def decompose(
@@ -137,8 +157,10 @@ def decompose(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     force: bool = False,
+    device: torch.device | str | None = None,
 ) -> Decomposition:
-    """SVD of every targeted matrix; reuses the cache when the weights' fingerprint matches."""
+    """SVD of every targeted matrix (in float32, on `device` if given); reuses the cache when the weights'
+    fingerprint matches."""
     names = list(targets) if isinstance(targets, list) else find_targets(model, targets)
     fingerprints = weight_fingerprints(model, names)
     key = combine_fingerprints(fingerprints, names)
@@ -157,7 +179,7 @@ def decompose(
 
     modules = dict(model.named_modules())
     # under torchrun the ranks split the matrices and rank 0 writes the one file (see svd_shard.py)
-    tensors = factorize_all({n: modules[n].weight for n in names}, names, svd_factors, progress)
+    tensors = factorize_all({n: modules[n].weight for n in names}, names, lambda w: svd_factors(w, device), progress)
     if tensors is not None:
         _atomic_save(tensors, path, {"schema": str(SCHEMA), "names": json.dumps(names), "fingerprint": key})
     wait_for_writer()

@@ -93,8 +93,9 @@ class Population:
         out = {}
         for m, n in enumerate(self.svf.names):
             a = alphas[:, :, m] if self.config.per_matrix else alphas  # (P, K)
-            z = a @ self.Z[n]  # (P, r): Σₖ αₖ zₖ
-            out[n] = sigma(z, self.svf.decomposition.factors(n)[1], self.parametrization, self.max_mult)
+            S = self.svf.decomposition.factors(n)[1]  # float32, on the compute device
+            z = a.to(S.device, torch.float32) @ self.Z[n].to(S.device)  # (P, r): Σₖ αₖ zₖ, float32
+            out[n] = sigma(z, S, self.parametrization, self.max_mult)
         return out
 
     @torch.no_grad()
@@ -128,7 +129,7 @@ class Population:
         svf, examples = self.svf, [self.shots[i] for i in shots]
         rollout = teacher_forced(svf.tokenizer, [e["prompt"] for e in examples], [str(e["reference"]) for e in examples])
         lp = token_logprobs(svf.model, rollout)  # (B, C)
-        loglik = (lp.sum(1) / rollout.completion_mask.sum(1).clamp(min=1)).float()
+        loglik = (lp.sum(1) / rollout.completion_mask.to(lp.device).sum(1).clamp(min=1)).float().cpu()  # (B,) host
         correct = torch.zeros(len(shots))
         if self.config.fitness == "accuracy":
             config = GenerationConfig(max_new_tokens=self.max_new, batch_size=len(shots))

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..training.config import add_dataclass_args, default_run_dir
-from .options import add_library_arg, add_model_args, positive_int
+from .options import add_library_arg, add_model_args, add_precision_args, positive_int, precision_args
 
 
 def register(sub) -> None:
@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--workdir", default=None, help="experts and runs of the demo (default: $T2_CACHE/demo)")
     p.add_argument("--n", type=positive_int, default=8, help="prompts per task in the final comparison")
     p.add_argument("--retrain", action="store_true", help="train the demo's experts again")
+    add_precision_args(p)
     p.set_defaults(func=demo_cmd)
 
 
@@ -67,7 +68,7 @@ def adapt_cmd(args) -> int:
 
     first = experts[0]
     svf = load_svf(args.model or first.meta.base_model or "default", targets=first.meta.targets,
-                   cache_dir=args.cache_dir)
+                   cache_dir=args.cache_dir, **precision_args(args))
     population = Population(svf, experts, shots, task, cfg)
     state = default_run_dir(out) / "cem_state.json"
     if state.exists() and not args.resume:
@@ -87,4 +88,5 @@ def adapt_cmd(args) -> int:
 def demo_cmd(args) -> int:
     from .demo import run_demo
 
-    return run_demo(model=args.model, workdir=args.workdir, n=args.n, retrain=args.retrain, out=sys.stdout)
+    return run_demo(model=args.model, workdir=args.workdir, n=args.n, retrain=args.retrain, out=sys.stdout,
+                    **precision_args(args))

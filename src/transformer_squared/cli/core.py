@@ -14,6 +14,7 @@ from .options import (
     add_model_args,
     add_strategy_args,
     nonneg_float,
+    precision_args,
 )
 
 
@@ -95,23 +96,20 @@ def _library(args):
     return ExpertLibrary(args.library)
 
 
-def _svf(args, targets: str | None, expert=None):
+def _svf(args, targets: str | None, expert=None, force: bool = False):
     from ..svf import load_svf
 
     model = args.model or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
-    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir)
+    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir, force=force, **precision_args(args))
 
 
 def decompose_cmd(args) -> int:
     t0 = time.perf_counter()
-    svf = _svf(args, args.targets)
-    if args.force:
-        from ..svd import decompose
-
-        svf.decomposition = decompose(svf.model, svf.names, cache_dir=args.cache_dir, force=True)
+    svf = _svf(args, args.targets, force=args.force)  # decomposed from the float32 weights, before the cast
     print(f"{len(svf.names)} matrices ({args.targets or 'mlp'}), {svf.num_z():,} singular values = z parameters")
     print(f"factors: {svf.decomposition.path} ({svf.decomposition.nbytes() / 2**20:.1f} MiB)")
-    print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s)")
+    print(f"fingerprint: {svf.decomposition.fingerprint}  ({time.perf_counter() - t0:.1f} s; "
+          f"held on {svf.precision.describe()})")
     return 0
 
 
@@ -270,13 +268,16 @@ def experts_init(args) -> int:
 
 def export_cmd(args) -> int:
     from ..export import export_merged
+    from ..precision import checkpoint_dtype, resolve_dtype
 
     expert = _library(args).get(args.expert)
+    wanted, args.dtype = args.dtype, "float32"  # compose W' from the float32 base, cast once on saving
     if args.format != "hf":
         from .export_formats import export_other
 
         return export_other(args, expert, _svf)
     svf = _svf(args, expert.meta.targets, expert)
-    out = export_merged(svf, expert, args.out, overwrite=args.overwrite)
-    print(f"exported {expert.name} merged into {svf.model_id} -> {out}")
+    dtype = checkpoint_dtype(svf.model_id) if wanted in (None, "auto") else resolve_dtype(wanted)
+    out = export_merged(svf, expert, args.out, overwrite=args.overwrite, dtype=dtype)
+    print(f"exported {expert.name} merged into {svf.model_id} -> {out} ({str(dtype).removeprefix('torch.')})")
     return 0

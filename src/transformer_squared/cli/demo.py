@@ -91,7 +91,8 @@ def answer_table(by_strategy: dict[str, list[dict]]) -> list[str]:
     return [line.rstrip() for line in lines]
 
 
-def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout) -> int:
+def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout,
+             device: str = "auto", dtype: str = "auto") -> int:
     from ..experts import ExpertLibrary
     from ..svf import load_svf
     from ..tasks import get_task
@@ -108,7 +109,8 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     workdir = Path(workdir) if workdir else default_workdir()
     library, runs = ExpertLibrary(workdir / "experts"), workdir / "runs"
     log(f"[1/4] loading {model} and its SVD (cached after the first run); work folder {workdir}")
-    svf = load_svf(model)
+    svf = load_svf(model, device=device, dtype=dtype)
+    log(f"  precision: {svf.precision.describe()}" + (" (auto: the fastest safe choice here)" if dtype == "auto" else ""))
     log(f"  {len(svf.names)} MLP matrices, {svf.num_z():,} singular values = the size of one expert")
 
     log("[2/4] experts (trained once, then cached)")

@@ -92,6 +92,20 @@ def add_model_args(p: argparse.ArgumentParser, targets: bool = True) -> None:
         p.add_argument("--targets", default=None,
                        help="matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
     p.add_argument("--cache-dir", default=None, help="SVD cache folder (default: $T2_CACHE/svd or ~/.cache/transformer_squared/svd)")
+    add_precision_args(p)
+
+
+def add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="auto (CUDA if present, else CPU; default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16 units, else float32 "
+                        "(z, optimiser state and the SVD stay float32 either way)")
+
+
+def precision_args(args) -> dict:
+    """{device, dtype} from the flags, for load_svf / load_model."""
+    return {"device": getattr(args, "device", None) or "auto", "dtype": getattr(args, "dtype", None) or "auto"}
 
 
 LIBRARY_HELP = "expert library folder (default: $T2_EXPERTS or ./experts)"
@@ -158,7 +172,7 @@ def load_strategy_model(args, library, routes):
     first = next(iter(routes.values()), None)
     model = args.model or (first.meta.base_model if first is not None and first.meta.base_model else "default")
     targets = getattr(args, "targets", None) or (first.meta.targets if first is not None else "mlp")
-    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None))
+    return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None), **precision_args(args))
 
 
 def strategy_options(args, task=None) -> dict:

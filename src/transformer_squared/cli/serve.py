@@ -14,6 +14,7 @@ from .options import (
     nonneg_float,
     port,
     positive_int,
+    precision_args,
     strategy_options,
 )
 
@@ -80,7 +81,8 @@ def serve_cmd(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir)
+    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir,
+                   **precision_args(args))
     options = {k: v for k, v in strategy_options(args).items() if v is not None}
     app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
                      limits=limits, batching=args.batching)

@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from ..training.config import TrainConfig, add_dataclass_args, config_from_args
-from .options import add_library_arg, add_strategy_args, data_folders_text, load_task, positive_int
+from .options import (add_library_arg, add_precision_args, add_strategy_args, data_folders_text, load_task,
+                      positive_int, precision_args)
 
 
 def _tasks_epilog() -> str:
@@ -43,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--expert", default=None, help="SVF expert (library name or folder)")
     p.add_argument("--lora", default=None, help="PEFT LoRA adapter folder")
     add_library_arg(p)
+    add_precision_args(p)
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's")
     p.add_argument("--out", default=None, help="folder for <label>.json (summary) and <label>.jsonl (per sample)")
@@ -107,12 +109,13 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
         lib = ExpertLibrary(args.library)
         expert = lib.get(args.expert)
-        svf = load_svf(args.model or expert.meta.base_model or "default", targets=expert.meta.targets)
+        svf = load_svf(args.model or expert.meta.base_model or "default", targets=expert.meta.targets,
+                       **precision_args(args))
         model, tokenizer, context = svf.model, svf.tokenizer, svf.applied(expert)
     else:
         from ..models import load_model
 
-        loaded = load_model(args.model or "default")
+        loaded = load_model(args.model or "default", **precision_args(args))
         model, tokenizer, context = loaded.model, loaded.tokenizer, nullcontext()
         if args.lora:
             try:

@@ -47,6 +47,8 @@ class ExpertMeta:
     alpha: dict | None = None  # mixing weights, for mixtures
     schema_version: int = SCHEMA_VERSION
     created_at: str = ""
+    dtype: str = ""  # compute dtype the expert was made with ("" = before this was recorded: float32)
+    device: str = ""  # device type it was made on (cpu, cuda, mps); z itself is float32 and portable
 
     def __repr__(self) -> str:  # the fields that identify an expert; created_by/metrics can be pages long
         method = self.created_by.get("method", "")
@@ -59,7 +61,7 @@ class Expert:
     """z vectors + metadata. Treat z as immutable: the cache key is a hash of its content."""
 
     def __init__(self, z: dict[str, torch.Tensor], meta: ExpertMeta, components=None):
-        self.z = {n: t.detach().float().contiguous() for n, t in z.items()}
+        self.z = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in z.items()}  # float32 on the host
         self.meta = meta
         self.components = components  # [(Expert, alpha)] when this is a mixture, for exact cached mixing
         self._key = None
@@ -149,8 +151,10 @@ class Expert:
                   max_mult: float = 1.0, **meta) -> "Expert":
         """An expert bound to `svf`'s weights; z defaults to the identity (reproduces the base)."""
         z = z if z is not None else svf.init_z(parametrization)
+        precision = getattr(svf, "precision", None)
+        made_with = {"dtype": precision.dtype_name, "device": precision.device.type} if precision else {}
         m = ExpertMeta(base_model=svf.model_id, fingerprint=combine_fingerprints(svf.decomposition.fingerprints, list(z)),
-                       targets=svf.targets, parametrization=parametrization, max_mult=max_mult, **meta)
+                       targets=svf.targets, parametrization=parametrization, max_mult=max_mult, **{**made_with, **meta})
         return cls(z, m)
 
     @classmethod

@@ -88,7 +88,9 @@ def next_tokens(logits: torch.Tensor, rows: list[Row]) -> list[int]:
             outside = sorted_p.cumsum(-1) - sorted_p > row.top_p  # keep the smallest prefix reaching top_p
             sorted_p[outside] = 0.0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-        out.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        # the row's seeded generator lives on the host: sample there (one vocab-sized copy per sampled row)
+        where = row.generator.device if row.generator is not None else probs.device
+        out.append(int(torch.multinomial(probs.to(where), 1, generator=row.generator)))
     return out
 
 
@@ -162,7 +164,7 @@ class Batch:
         for name, layer in self.layers.items():
             layer.merged_weight = None
             layer.row_sigma = torch.stack([layer.S if r.expert is None else sigma(
-                r.expert.z[name], layer.S, r.expert.parametrization, r.expert.max_mult) for r in rows])  # (B, r)
+                r.expert.z[name].to(layer.S.device), layer.S, r.expert.parametrization, r.expert.max_mult) for r in rows])  # (B, r)
         self._row_sigma_for = list(rows)
 
     # -- decoding ---------------------------------------------------------------------------------------------
@@ -185,8 +187,9 @@ class Batch:
                 r.expert.check_compatible(self.svf)
         self._set_weights(rows, mode)
         P = max(len(r.ids) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (P - len(r.ids)) + r.ids for r in rows])  # (b, P)
-        mask = torch.tensor([[0] * (P - len(r.ids)) + [1] * len(r.ids) for r in rows])  # (b, P)
+        device = self.svf.model.device
+        ids = torch.tensor([[self.pad_id] * (P - len(r.ids)) + r.ids for r in rows], device=device)  # (b, P)
+        mask = torch.tensor([[0] * (P - len(r.ids)) + [1] * len(r.ids) for r in rows], device=device)  # (b, P)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, P): real tokens count from 0
         t0 = time.perf_counter()
         out = self.svf.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
@@ -235,7 +238,7 @@ class Batch:
         if not keep:
             self.cache = self.mask = self.next_pos = None
             return
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask, self.next_pos = self.mask[index], self.next_pos[index]
         start = int(self.mask.any(0).int().argmax())  # columns before it are padding for every row left
@@ -252,7 +255,7 @@ class Batch:
         self._set_weights(self.rows, mode)
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)  # (B, T + 1)
         t0 = time.perf_counter()
-        out = self.svf.model(input_ids=torch.tensor(self.last)[:, None], attention_mask=self.mask,
+        out = self.svf.model(input_ids=torch.tensor(self.last, device=self.mask.device)[:, None], attention_mask=self.mask,
                              position_ids=self.next_pos, use_cache=True, **{self.cache_kw: self.cache})
         self.stats.step_s += time.perf_counter() - t0
         self.stats.steps += 1

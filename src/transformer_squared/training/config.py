@@ -52,6 +52,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # LoRA modules
     tensorboard: bool = False  # also log to <run_dir>/tb (needs tensorboard)
     overwrite: bool = False  # replace an existing --out
+    device: str = "auto"  # auto (CUDA if present, else CPU), cpu, cuda, cuda:N, mps
+    dtype: str = "auto"  # compute dtype: auto, float32, bfloat16, float16 (z and AdamW state stay float32)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -93,6 +95,10 @@ class TrainConfig:
             raise ValueError("--lora-dropout must be in [0, 1)")
         if self.parametrization not in ("paper", "reference"):
             raise ValueError("--parametrization: choose paper or reference")
+        from ..precision import DTYPE_CHOICES
+
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")
         if not self.out:
             raise ValueError("--out is required: the folder the trained expert is written to (e.g. experts/math)")
 

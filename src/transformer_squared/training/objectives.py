@@ -92,6 +92,7 @@ def advantages(objective: str, scores: torch.Tensor, group_size: int) -> torch.T
 def policy_loss(token_logp: torch.Tensor, mask: torch.Tensor, advantage: torch.Tensor, kl_coef: float = 0.0,
                 base_logp: torch.Tensor | None = None):
     """−mean(Aᵢ ℓᵢ) + λ KL. token_logp: (n, C) with grad; mask: (n, C); advantage: (n,); base_logp: (n, C) or None."""
+    mask, advantage = mask.to(token_logp.device), advantage.to(token_logp.device)
     pg = -(advantage.detach() * sequence_mean(token_logp, mask)).mean()
     metrics = {"pg_loss": pg.item()}
     loss = pg
@@ -143,5 +144,6 @@ def clipped_policy_loss(token_logp: torch.Tensor, old_logp: torch.Tensor | None,
 
 def sft_loss(token_logp: torch.Tensor, mask: torch.Tensor):
     """Token-mean negative log-likelihood. token_logp, mask: (n, C)."""
+    mask = mask.to(token_logp.device)
     nll = -(token_logp * mask).sum() / mask.sum().clamp(min=1)
     return nll, {"nll": nll.item()}

@@ -94,8 +94,12 @@ class LoRAPolicy:
         torch.manual_seed(seed)
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or ["q_proj", "v_proj"],
                             task_type="CAUSAL_LM")
-        self.model = get_peft_model(model, config)
+        # the adapter is float32 (PEFT upcasts it over a bf16/fp16 base): the trained copy and AdamW stay float32
+        self.model = get_peft_model(model, config, autocast_adapter_dtype=True)
         self.tokenizer = tokenizer
+        # merge/unmerge round the base weight twice per step; in bf16/fp16 that drift would add up over a run,
+        # so below float32 rollouts run the adapter unmerged (exact, a little slower)
+        self.merge_for_sampling = next(model.parameters()).dtype == torch.float32
         self.model.eval()  # dropout only while computing the loss (see train mode in the trainer)
 
     def parameters(self) -> list[nn.Parameter]:
@@ -106,6 +110,10 @@ class LoRAPolicy:
 
     @contextmanager
     def sampling(self):
+        if not self.merge_for_sampling:
+            with torch.no_grad():
+                yield
+            return
         self.model.merge_adapter()
         try:
             with torch.no_grad():

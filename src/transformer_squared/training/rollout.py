@@ -37,6 +37,11 @@ class Rollout:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "Rollout":
+        """The same rollout with its tensors on `device` (a no-op when they are there already)."""
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
+                       self.prompt_len, self.completions, self.group_size)
+
     def rows(self, sl: slice) -> "Rollout":
         return Rollout(self.input_ids[sl], self.attention_mask[sl], self.completion_mask[sl], self.prompt_len,
                        self.completions[sl], self.group_size)
@@ -101,7 +106,7 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
     """`group_size` completions for each prompt, rows grouped by prompt. temperature 0 = greedy.
     `seeds`: one per row (len(prompts) × group_size) for batch-independent sampling (see the module docstring)."""
     texts = [chat_text(tokenizer, p, system) for p in prompts]
-    batch = encode(tokenizer, texts)
+    batch = encode(tokenizer, texts).to(model.device)
     ids, mask, K = batch["input_ids"], batch["attention_mask"], group_size
     kwargs = {}
     if K > 1 and ids.shape[1] > 1:  # prefill all but the last prompt token once per group; generate does the rest
@@ -142,6 +147,7 @@ def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str
 
 def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     """log π(token | prefix) for every completion token: (N, C), zero where completion_mask is 0."""
+    rollout = rollout.to(model.device)
     P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
     target = rollout.input_ids[:, P:]  # (N, C)
     if K == 1:
@@ -154,5 +160,5 @@ def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
                      position_ids=_positions(rollout.attention_mask)[:, P:], use_cache=True,
                      **{_cache_kw(model): cache}).logits[:, :-1]  # (N, C-1, V)
         logits = torch.cat([first.unsqueeze(1), rest], dim=1)  # (N, C, V)
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # float32 whatever the compute dtype (precision.py)
     return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask

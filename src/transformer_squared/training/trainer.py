@@ -48,7 +48,7 @@ def _build_policy(cfg: TrainConfig, svf=None):
         from .policy import SVFPolicy
 
         if svf is None:
-            svf = load_svf(cfg.model, targets=cfg.targets)
+            svf = load_svf(cfg.model, targets=cfg.targets, device=cfg.device, dtype=cfg.dtype)
         elif svf.targets != cfg.targets:
             raise ValueError(f"--targets {cfg.targets!r} differs from the loaded model's ({svf.targets!r})")
         svf.remove()
@@ -56,7 +56,7 @@ def _build_policy(cfg: TrainConfig, svf=None):
     from ..models import load_model
     from .policy import LoRAPolicy
 
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     return LoRAPolicy(loaded.model, loaded.tokenizer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                       cfg.lora_targets, cfg.seed), loaded
 
