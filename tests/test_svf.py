@@ -184,6 +184,14 @@ def test_reference_sigma_keeps_the_sum_of_singular_values(max_mult):
     torch.testing.assert_close(sigma(init_z(16, "reference"), S, "reference", max_mult), S, atol=0, rtol=1e-6)
 
 
+def test_reference_max_mult_cancels():
+    # σ' = s · Σσ / Σs with s = σ ⊙ sigmoid(z) · c: c cancels (the statement in svf.py, checked on random z)
+    g = torch.Generator().manual_seed(0)
+    z, S = torch.randn(3, 16, generator=g), torch.rand(16, generator=g) + 0.1
+    for c in (0.5, 2.0, 10.0):
+        torch.testing.assert_close(sigma(z, S, "reference", c), sigma(z, S, "reference", 1.0), rtol=1e-6, atol=1e-6)
+
+
 def test_reference_merged_equals_factored(svf, input_ids, logits, random_z):
     z = random_z(svf, scale=1.0, parametrization="reference")
     expert = Expert.for_model(svf, z, parametrization="reference", max_mult=2.0)

@@ -13,6 +13,10 @@ Two parametrizations of σ' (chosen when an expert is made and recorded in it):
                  adds small noise; we keep it uniform so that the initial expert reproduces the base exactly —
                  a uniform m is undone by the rescaling). Mixtures mix z, as the reference code does; W' is not
                  linear in z here, so they are composed from scratch.
+                 `max_mult` cancels: with s = σ ⊙ sigmoid(z) · c, σ' = s · Σσ / Σs is the same for every c > 0
+                 (the official code has the same property). It is kept only so that experts recorded with it
+                 keep their identity (it is part of `Expert.key`, which the expert memory's records check);
+                 it changes no σ'.
 
 Two execution modes:
 
@@ -56,7 +60,7 @@ def sigma(z: torch.Tensor, S: torch.Tensor, parametrization: str = "paper", max_
     if parametrization == "paper":
         return S * z
     if parametrization == "reference":
-        scaled = S * torch.sigmoid(z) * max_mult
+        scaled = S * torch.sigmoid(z) * max_mult  # max_mult cancels in the rescaling below (see the docstring)
         return scaled * (S.sum() / scaled.sum(dim=-1, keepdim=True))
     raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
 
