@@ -143,17 +143,21 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     """A folder in Hugging Face layout: the tiny random Llama (SHAPE, with room for 512 positions: one token per
     character) and the character tokenizer with a small chat template beside it, so the template path is exercised
     as with a real instruct model; `--model FOLDER` loads it. Needs no model package: runs everywhere."""
+    tok = char_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-chat"), tok, max_position_embeddings=512,
+                           bos_token_id=None)
+
+
+def save_tiny_llama(folder: Path, tok, **config) -> Path:
+    """A seeded random Llama of SHAPE (`config` overrides) saved with `tok` beside it, in Hugging Face layout."""
     import torch
     import transformers as hf
 
-    tok = char_tokenizer()
-    tok.chat_template = CHAT_TEMPLATE
-    config = hf.LlamaConfig(**{**SHAPE, "max_position_embeddings": 512}, tie_word_embeddings=True,
-                            bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = hf.LlamaConfig(**{**SHAPE, "tie_word_embeddings": True, "eos_token_id": tok.eos_token_id,
+                               "pad_token_id": tok.pad_token_id, **config})
     torch.manual_seed(0)
-    model = hf.LlamaForCausalLM(config).float().eval()
-    folder = tmp_path_factory.mktemp("tiny-llama-chat")
-    model.save_pretrained(folder)
+    hf.LlamaForCausalLM(config).float().eval().save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -212,17 +216,6 @@ def smollm2_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_llama_bpe_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     """The tiny random Llama shape with the real SmolLM2 tokenizer beside it (vocab = the tokenizer's)."""
-    import torch
-    import transformers as hf
-
     tok = smollm2_tokenizer
-    config = hf.LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    model = hf.LlamaForCausalLM(config).float().eval()
-    folder = tmp_path_factory.mktemp("tiny-llama-smollm2-tok")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-smollm2-tok"), tok, vocab_size=len(tok),
+                           max_position_embeddings=256, bos_token_id=tok.bos_token_id)
