@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .antonyms import AntonymsTask
-from .arc import ArcChallengeTask, ArcTask, answer_distribution
+from .arc import ArcChallengeTask, ArcChallengeTextTask, ArcTask, ArcTextTask, answer_distribution
 from .arithmetic import ArithmeticTask, SubtractionTask, ThreeDigitAdditionTask
 from .base import (
     REWARDS,
@@ -33,7 +33,7 @@ from .rewards import (
 TASKS.update(
     {
         cls.name: cls
-        for cls in (ArithmeticTask, SubtractionTask, ThreeDigitAdditionTask, AntonymsTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, MBPPTask, HumanEvalTask, RewardTask)
+        for cls in (ArithmeticTask, SubtractionTask, ThreeDigitAdditionTask, AntonymsTask, GSM8KTask, MathTask, ArcTask, ArcChallengeTask, ArcTextTask, ArcChallengeTextTask, MBPPTask, HumanEvalTask, RewardTask)
     }
 )
 
@@ -42,6 +42,8 @@ __all__ = [
     "TASKS",
     "AntonymsTask",
     "ArcChallengeTask",
+    "ArcChallengeTextTask",
+    "ArcTextTask",
     "ArcTask",
     "ArithmeticTask",
     "Example",

@@ -5,15 +5,24 @@ A-D (sometimes 3 or 5 options) or 1-4. Options are relabelled A, B, C, ... by po
 example reads the same. Splits follow the Transformer² reference code: ARC-*-Train.jsonl gives train (even
 indices) and valid (odd indices); ARC-*-Test.jsonl is test. The Dev file, unused there, is exposed as "dev".
 
-The prompt lists the options one per line ("A. text") and asks for the letter only; the reference completion is
-the letter. Scoring extracts the chosen letter (`rewards.extract_letter`): no letter found scores 0, never a
-guess. `augment` shuffles the options and relabels them so that an expert cannot learn a prior over labels;
-`answer_distribution` reports how extracted letters spread over labels, to catch a model collapsing onto one.
+Two answer formats, each a registered task:
+- letter (`arc`, `arc_challenge`): the prompt lists the options one per line ("A. text") and asks for the letter
+  only; the reference completion is the letter, extracted by `rewards.extract_letter`.
+- option text (`arc_text`, `arc_challenge_text`): the prompt lists the options as bullets ("- text") and asks for
+  the text of the correct option; the reference completion is that text. The answer given is the option whose
+  text equals the reply's first line once both are normalised (`option_text_key`: case, spacing, a leading bullet
+  or "Answer:", surrounding quotes or bold, final punctuation). A reply that names several options, or none
+  exactly, gives no answer. This format lets a small model answer with its knowledge of the option's content: the
+  default model ranks the option texts at 50% on ARC-Easy, yet maps them to letters at chance (BENCHMARKS.md).
+In both, no answer scores 0, never a guess, and the answer is reported as the option's label (A, B, ...), so that
+`answer_distribution` compares either format with the keys. `augment` shuffles the options and relabels them so
+that an expert cannot learn a prior over positions.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -22,39 +31,78 @@ from .rewards import extract_letter
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the letter of the correct option only."
+TEXT_INSTRUCTION = "Answer with the text of the correct option only."
+_LEAD = re.compile(r"^(?:[-*\u2022]\s*|(?:the\s+)?(?:correct\s+)?answer(?:\s+is)?\s*[:\-]?\s*)+", re.IGNORECASE)
 ROLES = {"train": "Train", "dev": "Dev", "test": "Test"}  # upstream file suffix per role
 HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 
 
-def choice_example(question: str, choices: Sequence[str], answer_index: int, **columns) -> Example:
-    """A multiple-choice example with options labelled A, B, C, ... in the given order."""
+def choice_example(question: str, choices: Sequence[str], answer_index: int, answer_format: str = "letter",
+                   **columns) -> Example:
+    """A multiple-choice example with options labelled A, B, C, ... in the given order. `answer_format` "letter"
+    lists "A. text" and expects the letter; "text" lists "- text" and expects the option's text."""
     labels = list(LETTERS[: len(choices)])
-    options = "\n".join(f"{label}. {text}" for label, text in zip(labels, choices))
+    if answer_format == "text":
+        options = "\n".join(f"- {text}" for text in choices)
+        prompt, reference = f"{question}\n\nOptions:\n{options}\n\n{TEXT_INSTRUCTION}", choices[answer_index]
+    else:
+        options = "\n".join(f"{label}. {text}" for label, text in zip(labels, choices))
+        prompt, reference = f"{question}\n\n{options}\n\n{INSTRUCTION}", labels[answer_index]
     return {
-        "prompt": f"{question}\n\n{options}\n\n{INSTRUCTION}",
+        "prompt": prompt,
         "answer": labels[answer_index],
-        "reference": labels[answer_index],
+        "reference": reference,
         "question": question,
         "choices": list(choices),
         "labels": labels,
+        "answer_format": answer_format,
         **columns,
     }
 
 
-def arc_example(record: dict) -> Example:
+def option_text_key(text: str) -> str:
+    """`text` normalised for matching a reply to an option: casefolded, spacing collapsed, a leading bullet or
+    "Answer:" and surrounding quotes, bold marks and final punctuation removed."""
+    text = " ".join(text.split()).casefold()
+    text = _LEAD.sub("", text).strip()
+    text = text.strip("*_\"'`").strip()
+    return text.rstrip(".!;,").strip()
+
+
+def chosen_option(completion: str, choices: Sequence[str]) -> int | None:
+    """Index of the option whose text the completion's first non-empty line gives, or None: no option, or a reply
+    that gives another option on a line of its own too (listing the options picks none)."""
+    keys = [option_text_key(choice) for choice in choices]
+    named = [{i for i, key in enumerate(keys) if key and key == option_text_key(line)}
+             for line in completion.splitlines() if line.strip()]
+    if not named or len(named[0]) != 1 or len(set().union(*named)) != 1:
+        return None
+    return named[0].pop()
+
+
+def given_label(completion: str, example: Example) -> str | None:
+    """The label of the option a completion picks for `example`, in the example's answer format, or None."""
+    if example.get("answer_format") == "text":
+        index = chosen_option(completion, example["choices"])
+        return None if index is None else example["labels"][index]
+    return extract_letter(completion, example["labels"])
+
+
+def arc_example(record: dict, answer_format: str = "letter") -> Example:
     choices = record["question"]["choices"]
     upstream_labels = [str(choice["label"]).strip() for choice in choices]
     answer_key = str(record["answerKey"]).strip()
     if answer_key not in upstream_labels:
         raise ValueError(f"ARC record {record.get('id')!r}: answerKey {answer_key!r} is not one of {upstream_labels}")
     texts = [choice["text"] for choice in choices]
-    return choice_example(record["question"]["stem"], texts, upstream_labels.index(answer_key), id=record.get("id"))
+    return choice_example(record["question"]["stem"], texts, upstream_labels.index(answer_key), answer_format,
+                          id=record.get("id"))
 
 
 def answer_distribution(completions: Sequence[str], examples: Sequence[Example]) -> dict[str, float]:
-    """Fraction of completions whose extracted letter is each label, plus "none" for no letter found."""
+    """Fraction of completions that pick each label, plus "none" for no answer found."""
     labels = sorted({label for example in examples for label in example["labels"]})
-    counts = Counter(extract_letter(c, e["labels"]) or "none" for c, e in zip(completions, examples))
+    counts = Counter(given_label(c, e) or "none" for c, e in zip(completions, examples))
     total = max(len(completions), 1)
     return {label: counts[label] / total for label in [*labels, "none"]}
 
@@ -66,6 +114,7 @@ class ArcTask(Task):
     max_new_tokens = 16
     splits = ("train", "valid", "test", "dev")
     subset = "ARC-Easy"  # upstream file prefix and Hugging Face config
+    answer_format = "letter"  # letter | text (module docstring)
 
     def upstream(self, role: str) -> list[dict]:
         """Records of the Train, Dev or Test file (`role`); `data` may be their folder or one of the files."""
@@ -84,13 +133,17 @@ class ArcTask(Task):
         records = self.upstream("train" if split in ("train", "valid") else split)
         if split in ("train", "valid"):
             records = records[0::2] if split == "train" else records[1::2]
-        return [arc_example(record) for record in records]
+        return [arc_example(record, self.answer_format) for record in records]
 
     def extract(self, completion: str, labels: Sequence[str] = LETTERS[:5]) -> str | None:
+        """The letter a completion gives (letter format; the text format needs the options: `answer_given`)."""
         return extract_letter(completion, labels)
 
+    def answer_given(self, completion: str, example: Example) -> str | None:
+        return given_label(completion, example)
+
     def score(self, completion: str, example: Example) -> float:
-        return float(self.extract(completion, example["labels"]) == example["answer"])
+        return float(given_label(completion, example) == example["answer"])
 
     def augment(self, example: Example, rng: random.Random) -> Example:
         """Shuffle the options and relabel them A, B, C, ...; the answer follows its option."""
@@ -98,12 +151,26 @@ class ArcTask(Task):
         rng.shuffle(order)
         answer_index = example["labels"].index(example["answer"])
         choices = [example["choices"][i] for i in order]
-        return {**example, **choice_example(example["question"], choices, order.index(answer_index))}
+        return {**example, **choice_example(example["question"], choices, order.index(answer_index),
+                                            example.get("answer_format", "letter"))}
 
 
 class ArcChallengeTask(ArcTask):
     name = "arc_challenge"
     description = "reasoning: harder multiple-choice science questions answered with the letter of the correct option"
+    subset = "ARC-Challenge"
+
+
+class ArcTextTask(ArcTask):
+    name = "arc_text"
+    description = "reasoning: multiple-choice science questions answered with the text of the correct option"
+    max_new_tokens = 32  # ARC-Easy option texts: 99% are at most 24 tokens
+    answer_format = "text"
+
+
+class ArcChallengeTextTask(ArcTextTask):
+    name = "arc_challenge_text"
+    description = "reasoning: harder multiple-choice science questions answered with the text of the correct option"
     subset = "ARC-Challenge"
 
 

@@ -64,6 +64,10 @@ class Task:
         """1.0 if the completion answers `example` correctly, else 0.0."""
         raise NotImplementedError
 
+    def answer_given(self, completion: str, example: Example) -> str | None:
+        """The answer a completion gives to `example` (tasks whose extraction needs the example override it)."""
+        return self.extract(completion)
+
     def reward(self, prompts: list, completions: list, **columns: list) -> list[float]:
         """TRL-style reward: columns are lists aligned with prompts (e.g. answer=[...]); scores each with score()."""
         return [

@@ -28,6 +28,7 @@ class TrainConfig:
     targets: str = "mlp"  # SVF: matrices to adapt
     parametrization: str = "paper"  # SVF: paper | reference
     steps: int = 60  # optimisation steps
+    sft_steps: int = 0  # the first N of --steps are SFT on the task's references (a warm start), then --objective
     batch_size: int = 8  # prompts per step
     group_size: int = 4  # samples per prompt (rloo needs >= 2)
     lr: float = 2e-3  # AdamW learning rate
@@ -79,6 +80,8 @@ class TrainConfig:
                      "minibatches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.sft_steps <= self.steps:
+            raise ValueError(f"--sft-steps must be in [0, --steps {self.steps}], got {self.sft_steps}")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
         if self.kl_coef < 0:

@@ -69,7 +69,7 @@ def evaluate(model, tokenizer, task, split: str = "test", n: int | None = None, 
     bar.close()
     scores = task.reward([e["prompt"] for e in examples], completions,
                          **{k: [e.get(k) for e in examples] for k in examples[0] if k != "prompt"}) if examples else []
-    records = [{"prompt": e["prompt"], "completion": c, "extracted": task.extract(c), "answer": e.get("answer"),
+    records = [{"prompt": e["prompt"], "completion": c, "extracted": task.answer_given(c, e), "answer": e.get("answer"),
                 "score": s} for e, c, s in zip(examples, completions, scores)]
     correct = sum(scores)
     answers = {}

@@ -139,7 +139,8 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
             rng = random.Random(f"{cfg.seed}:{step}")
             torch.manual_seed(rng.randrange(2**31))
             batch = [task.augment(e, rng) for e in rng.sample(train_set, min(cfg.batch_size, len(train_set)))]
-            if cfg.objective == "grpo":  # several updates per step; checkpoints between them (training/grpo.py)
+            objective = "sft" if step < cfg.sft_steps else cfg.objective  # --sft-steps: a warm start
+            if objective == "grpo":  # several updates per step; checkpoints between them (training/grpo.py)
                 save = lambda inner, step=step: _checkpoint(ckpt_path, cfg, policy, optimizer, step, best, best_step,
                                                             inner)
                 record = grpo_step(cfg, policy, task, batch, max_new, optimizer, step, save, inner)
@@ -149,7 +150,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
                 mine = world.shard(len(batch))
                 K = cfg.group_size
                 record = _step(cfg, policy, model, tokenizer, task, batch[mine], max_new, optimizer, world,
-                               seeds[mine.start * K : mine.stop * K])
+                               seeds[mine.start * K : mine.stop * K], objective)
             record.update(step=step + 1, seconds=round(time.perf_counter() - t0, 2))
             if (step + 1) % cfg.valid_every == 0 or step + 1 == cfg.steps:
                 with policy.sampling():
@@ -221,18 +222,20 @@ def _read_metrics(path: Path) -> list[dict]:
     return rows
 
 
-def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=None, seeds=None) -> dict:
+def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=None, seeds=None,
+          objective: str | None = None) -> dict:
     """One optimisation step on this rank's share of the batch; returns the global batch's metrics.
 
     Each part's loss is weighted by its share of the global batch — rows for the policy objectives, completion
     tokens for SFT (the exact token mean) — so the gradients summed over ranks are one process's gradient."""
     world = world or current_world()
+    objective = objective or cfg.objective
     prompts = [e["prompt"] for e in batch]
     record: dict = {}
-    if cfg.objective == "sft":
+    if objective == "sft":
         refs = [e.get("reference") for e in batch]
         if any(r is None for r in refs):
-            raise ValueError(f"--objective sft needs reference answers; task {task.name!r} has none")
+            raise ValueError(f"--objective sft (and --sft-steps) needs reference answers; task {task.name!r} has none")
         rollout = teacher_forced(tokenizer, prompts, refs)
         weights = None
     else:
@@ -242,11 +245,11 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=
         columns = {k: [e.get(k) for e in rows] for k in rows[0] if k != "prompt"}
         scores = torch.tensor(task.reward([e["prompt"] for e in rows], rollout.completions, **columns),
                               dtype=torch.float32)
-        weights = advantages(cfg.objective, scores, cfg.group_size)
+        weights = advantages(objective, scores, cfg.group_size)
         n, score_sum, tokens, signal = world.all_sum([len(scores), float(scores.sum()),
                                                       float(rollout.completion_mask.sum()), float(weights.abs().sum())])
         record.update(reward=score_sum / n, completion_tokens=tokens / n)
-        if cfg.objective == "rloo" and not signal and cfg.kl_coef == 0:
+        if objective == "rloo" and not signal and cfg.kl_coef == 0:
             return {**record, "skipped": True}  # every group unanimous: no gradient signal, save the compute
 
     optimizer.zero_grad(set_to_none=True)
@@ -255,11 +258,11 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=
     total_rows, total_tokens = world.all_sum([len(rollout), float(rollout.completion_mask.sum())])
     for sl in rollout.chunks():
         part = rollout.rows(sl)
-        if cfg.objective == "sft":
+        if objective == "sft":
             frac = float(part.completion_mask.sum()) / max(total_tokens, 1.0)
         else:
             frac = len(part) / total_rows
-        if cfg.objective == "sft":
+        if objective == "sft":
             loss, m = sft_loss(token_logprobs(model, part), part.completion_mask)
         else:
             base_logp = None
