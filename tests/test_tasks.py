@@ -430,7 +430,7 @@ def test_generation_budget_belongs_to_the_task():
 
     budgets = {name: cls.max_new_tokens for name, cls in TASKS.items()}
     assert budgets == {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16,
-                       "arc_challenge": 16, "gsm8k": 256, "math": 384, "mbpp": 384, "humaneval": 384, "custom": 256}
+                       "arc_challenge": 16, "arc_text": 32, "arc_challenge_text": 32, "gsm8k": 256, "math": 384, "mbpp": 384, "humaneval": 384, "custom": 256}
 
     class Terse(ArithmeticTask):
         max_new_tokens = 3
