@@ -253,6 +253,61 @@ def test_arc_augment_permutes_options_and_keeps_the_answer(arc):
     assert arc.augment(example, random.Random(3)) == arc.augment(example, random.Random(3))
 
 
+@pytest.fixture(scope="module")
+def arc_text():
+    return get_task("arc_text", data=shared("arc_easy"))
+
+
+def test_arc_text_prompts_list_the_options_and_references_are_their_text(arc_text):
+    examples = arc_text.examples("test")
+    assert len(examples) == 2376 and all(arc_text.score(e["reference"], e) == 1.0 for e in examples)
+    example = examples[0]
+    assert example["reference"] == example["choices"][example["labels"].index(example["answer"])]
+    assert example["prompt"].endswith("Answer with the text of the correct option only.")
+    assert "\nOptions:\n" + "\n".join(f"- {c}" for c in example["choices"]) + "\n" in example["prompt"]
+
+
+def test_arc_text_reply_must_give_exactly_one_option(arc_text):
+    example = {**arc_text.examples("test")[0]}
+    example.update(choices=["carbon dioxide", "food", "protection", "water"], labels=list("ABCD"), answer="B")
+    given = lambda reply: arc_text.answer_given(reply, example)
+    # the forms a model writes the option in
+    for reply in ("food", "Food.", "- food", "  **food**", "Answer: food", "The correct answer is: food",
+                  "food\n\nAlgae make food by photosynthesis.", '"food"'):
+        assert given(reply) == "B" and arc_text.score(reply, example) == 1.0, reply
+    assert given("water") == "D" and arc_text.score("water", example) == 0.0
+    # listing the options, or naming a second one on a line of its own, picks none: no credit for hedging
+    assert given("\n".join(f"- {c}" for c in example["choices"])) is None
+    assert given("food\nwater") is None
+    # near misses are not answers: the reply must be the option's text
+    for reply in ("foods", "food and water", "B", "B. food", "", "I think it is food because algae make it"):
+        assert given(reply) is None and arc_text.score(reply, example) == 0.0, reply
+
+
+def test_arc_text_augment_keeps_the_format(arc_text):
+    example = arc_text.examples("train")[0]
+    for seed in range(5):
+        augmented = arc_text.augment(example, random.Random(seed))
+        assert augmented["answer_format"] == "text" and augmented["reference"] == example["reference"]
+        assert arc_text.score(augmented["reference"], augmented) == 1.0
+        assert "\n- " + augmented["choices"][0] + "\n" in augmented["prompt"]
+
+
+def test_arc_challenge_text_reads_its_own_files(tmp_path):
+    record = {"id": "c1", "question": {"stem": "Which is a gas?", "choices": [
+        {"text": "ice", "label": "A"}, {"text": "steam", "label": "B"}, {"text": "rock", "label": "C"},
+        {"text": "iron", "label": "D"}]}, "answerKey": "B"}
+    write_jsonl(tmp_path / "ARC-Challenge-Test.jsonl", [record])
+    (example,) = get_task("arc_challenge_text", data=tmp_path).examples("test")
+    assert example["reference"] == "steam" and example["answer"] == "B"
+
+
+def test_answer_distribution_in_the_text_format(arc_text):
+    example = {**arc_text.examples("test")[0], "choices": ["x", "y", "z", "w"], "labels": list("ABCD")}
+    assert answer_distribution(["y", "y", "w", "B"], [example] * 4) == {
+        "A": 0.0, "B": 0.5, "C": 0.0, "D": 0.25, "none": 0.25}
+
+
 def test_answer_distribution():
     examples = [{"labels": ["A", "B", "C", "D"]}] * 4
     distribution = answer_distribution(["A", "A", "B", "no idea"], examples)

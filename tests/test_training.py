@@ -232,6 +232,16 @@ def test_sft_run(tiny_llama_dir, tmp_path):
     assert moved(saved_z(cfg))
 
 
+def test_sft_warm_start_then_the_objective(tiny_llama_dir, tmp_path):
+    """--sft-steps N: the first N steps are SFT on the references (an nll, no reward), the rest the objective."""
+    cfg = run_config(tiny_llama_dir, tmp_path, "warm", objective="rloo", steps=3, sft_steps=2)
+    train(cfg)
+    rows = metrics(cfg)
+    assert [("nll" in r, "reward" in r) for r in rows] == [(True, False), (True, False), (False, True)]
+    with pytest.raises(ValueError, match=r"--sft-steps must be in \[0, --steps 3\]"):
+        TrainConfig(out="x", steps=3, sft_steps=4)
+
+
 TRAINING_KEYS = ("reward", "completion_tokens", "pg_loss", "kl", "grad_norm")
 
 
