@@ -179,3 +179,44 @@ def test_resume_out_is_out_in_train_and_adapt(tmp_path, monkeypatch, capsys):
 def test_experts_init_takes_out_and_the_older_name():
     for spelling in ("--out", "--name"):
         assert build_parser().parse_args(["experts", "init", spelling, "probe"]).out == "probe"
+
+
+# -- reporting: logging in the library, print in the CLI -----------------------------------------------------------
+
+def test_only_the_cli_prints():
+    for path in SRC.rglob("*.py"):
+        if "cli" in path.relative_to(SRC).parts:
+            continue
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Name) and n.func.id == "print"]
+        assert not calls, f"{path.relative_to(SRC)}:{calls[0].lineno} prints; log instead"
+
+
+def test_a_library_note_is_logged_not_printed(tmp_path, monkeypatch, caplog, capsys):
+    import sys
+
+    from transformer_squared.training.trainer import plot_metrics
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    with caplog.at_level("INFO", logger="transformer_squared"):
+        assert plot_metrics(tmp_path / "metrics.jsonl", tmp_path / "plot.png") is None
+    assert [r.name for r in caplog.records] == ["transformer_squared.training.trainer"]
+    assert "pip install matplotlib" in caplog.text
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_cli_shows_library_records_on_stderr(monkeypatch, capsys):
+    import logging
+
+    from transformer_squared.cli import core
+
+    def verb(args):
+        logging.getLogger("transformer_squared.some.module").info("factors cached")
+        logging.getLogger("transformer_squared.other").warning("slow path")
+        logging.getLogger("transformer_squared.other").debug("not shown")
+        return 0
+
+    monkeypatch.setattr(core, "decompose_cmd", verb)
+    assert main(["decompose"]) == 0
+    assert capsys.readouterr() == ("", "t2 decompose: factors cached\nt2 decompose: warning: slow path\n")
+    assert not logging.getLogger("transformer_squared").handlers  # set up for the verb only
