@@ -177,10 +177,12 @@ def test_expert_prompts_come_from_the_recorded_task(tsvf, library):
     assert expert_prompts(cem, "valid", n=3)[0].startswith("What is ") and " - " in expert_prompts(cem, "valid", 3)[0]
 
 
-def test_expert_prompts_of_an_unknown_task_are_empty(tsvf):
+def test_expert_prompts_of_an_unknown_task_are_empty(tsvf, caplog, capsys):
     assert expert_prompts(trained_expert(tsvf, 1, "math", None)) == []  # nothing recorded
-    with pytest.warns(UserWarning, match="cannot read its training task 'no-such-task'"):
+    with caplog.at_level("WARNING", logger="transformer_squared"):
         assert expert_prompts(trained_expert(tsvf, 1, "math", "no-such-task")) == []
+    assert "cannot read its training task 'no-such-task'" in caplog.text  # logged, not printed
+    assert capsys.readouterr() == ("", "")
 
 
 # -- classify: parsing, prompt, task ---------------------------------------------------------------------------------

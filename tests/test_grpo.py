@@ -310,13 +310,13 @@ def test_config_validation_names_the_flag(overrides, message):
 def test_grpo_flags_are_on_the_cli():
     import argparse
 
-    from transformer_squared.training.config import add_dataclass_args, config_from_args
+    from transformer_squared.config import add_dataclass_args, config_from_args
 
     parser = argparse.ArgumentParser()
-    add_dataclass_args(parser)
+    add_dataclass_args(parser, TrainConfig, layered=True)
     args = parser.parse_args(["--out", "e", "--objective", "grpo", "--clip-eps", "0.1", "--ppo-epochs", "3",
                               "--minibatches", "2", "--loss-norm", "token"])
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, TrainConfig)
     assert (cfg.objective, cfg.clip_eps, cfg.ppo_epochs, cfg.minibatches, cfg.loss_norm) == ("grpo", 0.1, 3, 2, "token")
     assert "clipped to [1 − ε, 1 + ε]" in parser.format_help()
 

@@ -143,7 +143,6 @@ class AxisEncoder:
         return torch.nn.functional.normalize(torch.tensor([table[t[0].upper()] for t in texts]), dim=-1)
 
 
-@pytest.mark.filterwarnings("ignore:expert .* cannot read its training task")
 def test_an_ambiguous_nearest_centroid_goes_to_the_better_recorded_expert(svf, tmp_path):
     lib = ExpertLibrary(tmp_path / "lib")
     lib.add(expert_for(svf, 1, "alpha", "alpha-task"), "ea")

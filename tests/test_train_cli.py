@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from transformer_squared.cli import build_parser, main
-from transformer_squared.training.config import TrainConfig, config_from_args
+from transformer_squared.config import config_from_args
+from transformer_squared.training.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +54,7 @@ def test_reinforce_with_one_sample_per_prompt_is_fine():
 
 
 def parse_train(*argv: str) -> TrainConfig:
-    return config_from_args(build_parser().parse_args(["train", *argv]))
+    return config_from_args(build_parser().parse_args(["train", *argv]), TrainConfig)
 
 
 def test_yaml_config_and_flags_override_it(tmp_path):

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+from .config import nonneg_float, option, positive_int, unit_interval
+
+if TYPE_CHECKING:  # torch is imported where text is generated: `t2 -h` builds flags from GenerationConfig
+    import torch
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    batch_size: int = 16
+    max_new_tokens: int = option(128, "the most tokens generated per answer", parse=positive_int)
+    temperature: float = option(0.0, "sampling temperature; 0 = greedy", parse=nonneg_float)
+    top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens holding this much probability",
+                          parse=unit_interval)
+    batch_size: int = option(16, "prompts per forward pass", parse=positive_int)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -38,31 +43,33 @@ def encode(tokenizer, texts: list[str]) -> dict[str, torch.Tensor]:
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
 
-@torch.no_grad()
 def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -> list[torch.Tensor]:
     """New token ids for each text (eos and padding stripped)."""
-    outputs: list[torch.Tensor] = []
-    for i in range(0, len(texts), config.batch_size):
-        batch = encode(tokenizer, texts[i : i + config.batch_size]).to(model.device)
-        sample = config.temperature > 0
-        out = model.generate(
-            **batch,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=sample,
-            temperature=config.temperature if sample else None,
-            top_p=config.top_p if sample else None,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new = out[:, batch["input_ids"].shape[1] :]  # (B, new_tokens)
-        for row in new:
-            keep = row != tokenizer.pad_token_id
-            if tokenizer.eos_token_id is not None:
-                eos = (row == tokenizer.eos_token_id).nonzero()
-                if len(eos):
-                    keep[int(eos[0]) :] = False
-            outputs.append(row[keep])
-    return outputs
+    import torch
+
+    with torch.no_grad():
+        outputs: list[torch.Tensor] = []
+        for i in range(0, len(texts), config.batch_size):
+            batch = encode(tokenizer, texts[i : i + config.batch_size]).to(model.device)
+            sample = config.temperature > 0
+            out = model.generate(
+                **batch,
+                max_new_tokens=config.max_new_tokens,
+                do_sample=sample,
+                temperature=config.temperature if sample else None,
+                top_p=config.top_p if sample else None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[:, batch["input_ids"].shape[1] :]  # (B, new_tokens)
+            for row in new:
+                keep = row != tokenizer.pad_token_id
+                if tokenizer.eos_token_id is not None:
+                    eos = (row == tokenizer.eos_token_id).nonzero()
+                    if len(eos):
+                        keep[int(eos[0]) :] = False
+                outputs.append(row[keep])
+        return outputs
 
 
 def generate(model, tokenizer, prompts: str | list[str | list[dict]], config: GenerationConfig | None = None,

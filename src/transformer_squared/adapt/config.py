@@ -5,23 +5,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..config import option
+
 FITNESSES = ("accuracy", "loglik")
 
 
 @dataclass
 class CEMConfig:
-    population: int = 32  # candidates per iteration
-    elite_ratio: float = 0.2  # fraction of the population the distribution is refitted to
-    iterations: int = 10  # CEM iterations (the reference allows up to 100)
-    alpha_min: float = 0.0  # lower bound of each α
-    alpha_max: float = 1.0  # upper bound of each α
-    init_std: float = 0.3  # initial std of each α (the mean starts at 1/#components)
-    per_matrix: bool = False  # one α per expert per matrix instead of one per expert
-    include_base: bool = True  # the base weights (z = 1) are a component too
-    fitness: str = "accuracy"  # accuracy (greedy answers, log-likelihood breaks ties) | loglik
-    max_new_tokens: int = 0  # accuracy fitness: 0 = the task's default
-    batch_rows: int = 64  # candidate×shot rows per forward pass
-    seed: int = 0
+    population: int = option(32, "candidates per iteration")
+    elite_ratio: float = option(0.2, "fraction of the population the distribution is refitted to")
+    iterations: int = option(10, "CEM iterations (the reference allows up to 100)")
+    alpha_min: float = option(0.0, "lower bound of each α")
+    alpha_max: float = option(1.0, "upper bound of each α")
+    init_std: float = option(0.3, "initial std of each α (the mean starts at 1/#components)")
+    per_matrix: bool = option(False, "one α per expert per matrix instead of one per expert")
+    include_base: bool = option(True, "the base weights (z = 1) are a component too")
+    fitness: str = option("accuracy", "accuracy (greedy answers, log-likelihood breaks ties) | loglik")
+    max_new_tokens: int = option(0, "accuracy fitness: 0 = the task's default")
+    batch_rows: int = option(64, "candidate×shot rows per forward pass")
+    seed: int = option(0, "seeds the candidates sampled and the shots drawn from the task")
 
     def __post_init__(self):
         if self.fitness not in FITNESSES:

@@ -10,10 +10,12 @@ best validation accuracy in expert.json decides, as before the memory existed.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections import Counter
 
 from .strategy import OTHER
+
+log = logging.getLogger(__name__)
 
 DISPATCH = "dispatch"  # domain of classifier experts: used in pass 1 only
 
@@ -69,7 +71,7 @@ def expert_prompts(expert, split: str = "train", n: int = 64) -> list[str]:
     try:
         examples = get_task(spec[0], spec[1]).examples(split)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        warnings.warn(f"expert {expert.name!r}: cannot read its training task {spec[0]!r} ({e})", stacklevel=2)
+        log.warning("expert %r: cannot read its training task %r (%s)", expert.name, spec[0], e)
         return []
     step = max(1, len(examples) // n)
     return [e["prompt"] for e in examples[::step][:n]]

@@ -1,9 +1,12 @@
 """The `t2` command line. Each verb is a plain function in a module of this package; heavy imports happen inside
-the verb, so `t2 -h` is instant."""
+the verb, so `t2 -h` is instant. Library code reports through `logging` (loggers under "transformer_squared");
+only the CLI prints, and `main` shows those records on stderr as `t2 VERB: message` lines."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
@@ -22,6 +25,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """`t2 VERB: message` lines (`t2 VERB: warning: message` above INFO) on the current sys.stderr, not the one
+    there was when the handler was made."""
+
+    def __init__(self, verb: str):
+        super().__init__()
+        self.prefix = f"t2 {verb}: "
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+        pass
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        return self.prefix + level + super().format(record)
+
+
+@contextlib.contextmanager
+def _library_logging(verb: str):
+    """INFO and above from the library's loggers on stderr while a verb runs (then as before, for callers of
+    `main` from Python)."""
+    logger = logging.getLogger("transformer_squared")
+    handler, level = _StderrHandler(verb), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -38,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         init_from_env()
     try:
-        return args.func(args) or 0
+        with _library_logging(args.verb):
+            return args.func(args) or 0
     except (T2Error, ValueError, FileNotFoundError) as e:
         print(f"t2 {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..training.config import add_dataclass_args, default_run_dir
-from .options import add_library_arg, add_model_args, add_precision_args, positive_int, precision_args
+from ..training.config import default_run_dir
+from .options import (add_dataclass_args, add_library_arg, add_model_args, add_precision_args, add_resume_arg,
+                      positive_int, precision_args, resume_out)
 
 
 def register(sub) -> None:
@@ -21,17 +22,17 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="the task's data path")
     p.add_argument("--shots", type=positive_int, default=10, help="examples from the task's train split")
     p.add_argument("--experts", nargs="+", default=None, help="experts to mix (default: every routed expert)")
-    p.add_argument("--out", required=True, help="the new expert: a library name or a folder path")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted search (state in runs/<name>-<hash of the --out path>)")
-    p.add_argument("--quiet", action="store_true")
-    add_dataclass_args(p, CEMConfig)
+    p.add_argument("--out", default=None, help="the new expert: a library name or a folder path (required)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_resume_arg(p)  # the search's state is kept in runs/<name>-<hash of the --out path>
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, CEMConfig, layered=True)
     p.set_defaults(func=adapt_cmd)
 
     p = sub.add_parser("demo", help="the whole method end to end, offline, on the default model",
                        description="Trains small experts on built-in tasks (cached), a classifier expert, adapts to an "
                                    "unseen task with CEM, then answers a mixed set of prompts with every strategy.")
-    p.add_argument("--model", default="default")
+    p.add_argument("--model", default="default", help="the base model of the demo (default: %(default)s)")
     p.add_argument("--workdir", default=None, help="experts and runs of the demo (default: $T2_CACHE/demo)")
     p.add_argument("--n", type=positive_int, default=8, help="prompts per task in the final comparison")
     p.add_argument("--retrain", action="store_true", help="train the demo's experts again")
@@ -53,6 +54,9 @@ def adapt_cmd(args) -> int:
     from ..experts import ExpertLibrary, check_name
     from ..tasks import get_task
 
+    resume_out(args)
+    if not args.out:
+        raise ValueError("--out is required: the new expert, a library name or a folder path")
     lib = ExpertLibrary(args.library)
     out = Path(args.out) if ("/" in args.out or args.out.startswith(".")) else lib.root / check_name(args.out)
     if out.exists() and not args.overwrite:

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from .options import (add_generation_args, add_library_arg, add_model_args, add_strategy_args, load_strategy_model,
-                      strategy_options)
+from .options import (add_generation_args, add_library_arg, add_model_args, add_strategy_args, config_from_args,
+                      load_strategy_model, strategy_options)
 
 
 def register(sub) -> None:
@@ -23,13 +23,13 @@ def register(sub) -> None:
                                    "/clear, /help, /quit. Ctrl-C stops the current answer.")
     add_model_args(p)
     add_library_arg(p)
-    add_generation_args(p)
+    add_generation_args(p, max_new_tokens=256)
     add_strategy_args(p)
     p.add_argument("--expert", default=None, help="start with this expert pinned (no pass 1)")
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--history-file", default=str(Path.home() / ".t2_chat_history"),
                    help="readline history (default: ~/.t2_chat_history; '' for none)")
-    p.set_defaults(func=chat_cmd, max_new_tokens=256)
+    p.set_defaults(func=chat_cmd)
 
 
 def _readline(history_file: str):
@@ -52,7 +52,7 @@ def chat_cmd(args: argparse.Namespace) -> int:
     from ..experts.memory import ExpertMemory, UsageCounter
     from ..generation import GenerationConfig
 
-    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p)
+    config = config_from_args(args, GenerationConfig)
     library = ExpertLibrary(args.library)
     routes = answer_experts(library)
     strategy = args.strategy or ("embedding" if routes else "base")

@@ -7,15 +7,38 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 
+from ..generation import GenerationConfig
 from .options import (
-    add_generation_args,
+    LibraryOptions,
+    ModelOptions,
+    StrategyOptions,
+    add_dataclass_args,
     add_library_arg,
     add_model_args,
-    add_strategy_args,
+    config_from_args,
     nonneg_float,
+    option,
     precision_args,
 )
+
+
+@dataclass
+class GenerateConfig(StrategyOptions, GenerationConfig, LibraryOptions, ModelOptions):
+    """`t2 generate`: the prompts (positional) answered by the base model, one --expert, or a --strategy."""
+
+    expert: str | None = option(None, "expert name in the library, or path to an expert folder")
+    task: str | None = option(None, "--strategy cem: the task whose training examples are the shots")
+    data: str | None = option(None, "--strategy cem: the task's data path")
+    system: str | None = option(None, "system message")
+
+    def __post_init__(self):
+        super().__post_init__()  # GenerationConfig's checks
+        if self.expert and self.strategy:
+            raise ValueError("pass --expert or --strategy, not both")
+        if self.strategy == "cem" and not self.task:
+            raise ValueError("--strategy cem needs --task: the task whose training examples it adapts on")
 
 
 def register(sub) -> None:
@@ -25,14 +48,7 @@ def register(sub) -> None:
     p.set_defaults(func=decompose_cmd)
 
     p = sub.add_parser("generate", help="answer prompts with the base model or an expert")
-    add_model_args(p)
-    add_library_arg(p)
-    add_generation_args(p)
-    p.add_argument("--expert", default=None, help="expert name in the library, or path to an expert folder")
-    add_strategy_args(p)
-    p.add_argument("--task", default=None, help="--strategy cem: the task whose training examples are the shots")
-    p.add_argument("--data", default=None, help="--strategy cem: the task's data path")
-    p.add_argument("--system", default=None, help="system message")
+    add_dataclass_args(p, GenerateConfig, skip=("batch_size",))
     p.add_argument("prompt", nargs="+", help="one or more prompts (each answered separately)")
     p.set_defaults(func=generate_cmd)
 
@@ -42,7 +58,7 @@ def register(sub) -> None:
     q = _add_action(esub, "list", "list experts")
     q.set_defaults(func=experts_list)
     q = _add_action(esub, "show", "metadata and z statistics of one expert")
-    q.add_argument("name")
+    q.add_argument("name", help="expert name in the library")
     q.set_defaults(func=experts_show)
     q = _add_action(esub, "rank", "experts ordered by their recorded results on a task (expert memory)")
     q.add_argument("--task", required=True, help="task name as recorded by t2 eval / t2 train (e.g. arc)")
@@ -51,30 +67,33 @@ def register(sub) -> None:
     q.add_argument("--json", action="store_true", help="print the statistics as one JSON object")
     q.set_defaults(func=experts_stats)
     q = _add_action(esub, "mix", "z = Σ w·z over experts, saved as a new expert")
-    q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT")
+    q.add_argument("weights", nargs="+", metavar="NAME=WEIGHT",
+                   help="experts and their weights, e.g. math=0.6 code=0.4")
     q.add_argument("--out", required=True, help="name of the new expert")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     q.set_defaults(func=experts_mix)
     q = _add_action(esub, "rm", "remove an expert")
-    q.add_argument("name")
+    q.add_argument("name", help="expert name in the library")
     q.set_defaults(func=experts_rm)
     q = _add_action(esub, "init", "a new expert for a model: identity (z = base), or randomly perturbed")
     add_model_args(q)
-    q.add_argument("--name", required=True)
-    q.add_argument("--parametrization", default="paper", choices=["paper", "reference"])
+    q.add_argument("--out", "--name", dest="out", required=True,  # --name: the older spelling, kept working
+                   help="name of the new expert (--name is the older spelling of --out)")
+    q.add_argument("--parametrization", default="paper", choices=["paper", "reference"],
+                   help="how z scales the singular values (default: %(default)s)")
     q.add_argument("--noise", type=nonneg_float, default=0.0, help="std of Gaussian noise added to z (0 = identity)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--domain", default="")
-    q.add_argument("--description", default="")
-    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    q.add_argument("--domain", default="", help="domain label, for self-adaptation")
+    q.add_argument("--description", default="", help="free text kept in expert.json")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     q.set_defaults(func=experts_init)
 
     p = sub.add_parser("export", help="merge an expert into the base: an ordinary Hugging Face folder")
     add_model_args(p, targets=False)
     add_library_arg(p)
-    p.add_argument("--expert", required=True)
+    p.add_argument("--expert", required=True, help="expert name in the library, or path to an expert folder")
     p.add_argument("--out", required=True, help="output folder (--format gguf: output .gguf file)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--format", default="hf", choices=["hf", "lora", "gguf"],
                    help="hf: merged Hugging Face folder (default); lora: PEFT adapter; gguf: merged model for llama.cpp")
     p.add_argument("--rank", default="full", help="--format lora: components kept per matrix, an integer or 'full' (exact)")
@@ -114,16 +133,16 @@ def decompose_cmd(args) -> int:
 
 
 def generate_cmd(args) -> int:
-    from ..generation import GenerationConfig, generate
+    from ..generation import generate
 
-    config = GenerationConfig(args.max_new_tokens, args.temperature, args.top_p)
-    if args.strategy:
-        return _generate_adaptive(args, config)
-    expert = _library(args).get(args.expert) if args.expert else None  # fail fast, before loading the model
-    targets = args.targets or (expert.meta.targets if expert else "mlp")
-    svf = _svf(args, targets, expert)
+    cfg = config_from_args(args, GenerateConfig)  # a GenerationConfig too: it is passed as the sampling settings
+    if cfg.strategy:
+        return _generate_adaptive(cfg, args.prompt)
+    expert = _library(cfg).get(cfg.expert) if cfg.expert else None  # fail fast, before loading the model
+    targets = cfg.targets or (expert.meta.targets if expert else "mlp")
+    svf = _svf(cfg, targets, expert)
     with svf.applied(expert):
-        answers = generate(svf.model, svf.tokenizer, args.prompt, config, system=args.system)
+        answers = generate(svf.model, svf.tokenizer, args.prompt, cfg, system=cfg.system)
     for prompt, answer in zip(args.prompt, answers):
         if len(args.prompt) > 1:
             print(f"> {prompt}")
@@ -133,29 +152,25 @@ def generate_cmd(args) -> int:
     return 0
 
 
-def _generate_adaptive(args, config) -> int:
+def _generate_adaptive(cfg: GenerateConfig, prompts: list[str]) -> int:
     """Two passes: the strategy picks an expert per prompt, then that expert answers."""
     from ..adapt import build_strategy
     from ..adapt.two_pass import generate_adaptive
     from .options import load_strategy_model, strategy_library, strategy_options
 
-    if args.expert:
-        raise ValueError("pass --expert or --strategy, not both")
-    lib, routes = strategy_library(args, args.strategy)
+    lib, routes = strategy_library(cfg, cfg.strategy)
     task = None
-    if args.strategy == "cem":
-        if not args.task:
-            raise ValueError("--strategy cem needs --task: the task whose training examples it adapts on")
+    if cfg.strategy == "cem":
         from ..tasks import get_task
 
-        task = get_task(args.task, args.data)
-    svf = load_strategy_model(args, lib, routes)
-    strategy = build_strategy(args.strategy, svf, lib, routes=routes, **strategy_options(args, task))
-    for answer in generate_adaptive(svf, args.prompt, strategy, config, system=args.system):
-        if len(args.prompt) > 1:
+        task = get_task(cfg.task, cfg.data)
+    svf = load_strategy_model(cfg, lib, routes)
+    strategy = build_strategy(cfg.strategy, svf, lib, routes=routes, **strategy_options(cfg, task))
+    for answer in generate_adaptive(svf, prompts, strategy, cfg, system=cfg.system):
+        if len(prompts) > 1:
             print(f"> {answer.prompt}")
         print(answer.text)
-        print(f"[{args.strategy}: {answer.selection.label} -> expert {answer.expert}; pass 1 "
+        print(f"[{cfg.strategy}: {answer.selection.label} -> expert {answer.expert}; pass 1 "
               f"{answer.pass1_s * 1e3:.0f} ms, pass 2 {answer.pass2_s * 1e3:.0f} ms]", file=sys.stderr)
     return 0
 
@@ -253,15 +268,15 @@ def experts_init(args) -> int:
     from ..experts import Expert, check_name
 
     lib = _library(args)
-    check_name(args.name)
-    if args.name in lib and not args.overwrite:
-        raise ValueError(f"expert {args.name!r} already exists; pass --overwrite or choose another name")
+    check_name(args.out)
+    if args.out in lib and not args.overwrite:
+        raise ValueError(f"expert {args.out!r} already exists; pass --overwrite or choose another name")
     svf = _svf(args, args.targets)
     g = torch.Generator().manual_seed(args.seed)
     z = {n: v + args.noise * torch.randn(v.shape, generator=g) for n, v in svf.init_z(args.parametrization).items()}
     expert = Expert.for_model(svf, z, args.parametrization, domain=args.domain, description=args.description,
                               created_by={"method": "init", "noise": args.noise, "seed": args.seed})
-    path = lib.add(expert, args.name, overwrite=args.overwrite)
+    path = lib.add(expert, args.out, overwrite=args.overwrite)
     print(f"saved {path} ({expert.num_params():,} z values)")
     return 0
 

@@ -23,8 +23,8 @@ def register(sub) -> None:
     p.add_argument("--encoder", default=None, help="sentence encoder (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--threshold", type=cosine, default=None,
                    help="--library: cosine similarity below which routing falls to the base (default 0.3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seed of k-means (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_library_arg(p)
     p.set_defaults(func=discover_cmd, library=None)
 

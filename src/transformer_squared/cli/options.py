@@ -1,114 +1,94 @@
-"""Options shared by the `t2` verbs: the flag groups several verbs take, and argparse `type=` checks for numeric
-ranges. Verb modules import from here and never from each other.
-
-A range check is a `type=` function, so argparse rejects a bad value where the flag is parsed, with a message that
-names the flag (`t2 eval: error: argument --n: must be an integer >= 1, not 0`), before any model is loaded.
-Flags that come from a typed config dataclass (TrainConfig, CEMConfig, ServeLimits) are checked by its
-`__post_init__` instead, which names the flag too.
+"""Options shared by the `t2` verbs: the flag groups several verbs take, as config dataclasses (`ModelOptions`,
+`StrategyOptions`, ...) that a verb's own config inherits, and the helpers that turn them into objects. Verb modules
+import from here and never from each other; flags are made by transformer_squared.config (one per field, help from
+the field's metadata), whose argparse range checks are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
-
-# -- numeric ranges ----------------------------------------------------------------------------------------------
-
-def _number(kind, text: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{'an integer' if kind is int else 'a number'} is expected, not {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    return _number(float, text)
-
-
-def unit_interval(text: str) -> float:
-    """(0, 1]: a probability mass such as top-p."""
-    value = _number(float, text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def cosine(text: str) -> float:
-    """[-1, 1]: the range of a cosine similarity."""
-    value = _number(float, text)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"is a cosine similarity: must be in [-1, 1], not {text}")
-    return value
-
-
-def port(text: str) -> int:
-    value = _number(int, text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, not {text}")
-    return value
+from ..config import (  # noqa: F401  (the range checks are the verbs' `type=` functions)
+    add_dataclass_args,
+    config_from_args,
+    cosine,
+    device_option,
+    dtype_option,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    option,
+    port,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 
 
 # -- flag groups -------------------------------------------------------------------------------------------------
 
+def _strategy_names():
+    from ..adapt import STRATEGIES
+
+    return STRATEGIES
+
+
+@dataclass
+class PrecisionOptions:
+    device: str = device_option()
+    dtype: str = dtype_option()
+
+
+@dataclass
+class ModelOptions:
+    model: str | None = option(None, "'default' (SmolLM2-135M-Instruct, bundled), 'gemma3-270m', a .gguf file, a "
+                                     "folder or a hub id (default: the expert's base model, else 'default')")
+    targets: str | None = option(None, "matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
+    cache_dir: str | None = option(None, "SVD cache folder (default: $T2_CACHE/svd or "
+                                         "~/.cache/transformer_squared/svd)")
+    device: str = device_option()
+    dtype: str = dtype_option()
+
+
+@dataclass
+class LibraryOptions:
+    library: str | None = option(None, "expert library folder (default: $T2_EXPERTS or ./experts)")
+
+
+def strategy_option(default: str | None = None):
+    return option(default, "two-pass self-adaptation: how pass 1 picks the expert (needs --library)",
+                  choices=_strategy_names)
+
+
+@dataclass
+class StrategyOptions:
+    strategy: str | None = strategy_option()
+    classifier: str | None = option(None, "classifier expert for --strategy classifier (default: the library's only "
+                                          "`dispatch` expert)")
+    encoder: str | None = option(None, "sentence encoder for --strategy embedding (default: bundled "
+                                       "all-MiniLM-L6-v2)")
+    threshold: float | None = option(None, "--strategy embedding: cosine similarity in [-1, 1] below which the base "
+                                           "answers (default 0.3)", parse=cosine)
+    shots: int = option(10, "--strategy cem: examples of the task to adapt on", parse=positive_int)
+
+
+LIBRARY_HELP = LibraryOptions.__dataclass_fields__["library"].metadata["help"]
+
+
 def add_model_args(p: argparse.ArgumentParser, targets: bool = True) -> None:
-    p.add_argument("--model", default=None,
-                   help="'default' (SmolLM2-135M-Instruct, bundled), 'gemma3-270m', a .gguf file, a folder or a hub "
-                        "id (default: the expert's base model, else 'default')")
-    if targets:
-        p.add_argument("--targets", default=None,
-                       help="matrices to adapt: mlp (default, as the paper), attn, all-linear, or a regex")
-    p.add_argument("--cache-dir", default=None, help="SVD cache folder (default: $T2_CACHE/svd or ~/.cache/transformer_squared/svd)")
-    add_precision_args(p)
+    add_dataclass_args(p, ModelOptions, skip=() if targets else ("targets",))
 
 
 def add_precision_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto",
-                   help="auto (CUDA if present, else CPU; default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16 units, else float32 "
-                        "(z, optimiser state and the SVD stay float32 either way)")
+    add_dataclass_args(p, PrecisionOptions)
 
 
 def precision_args(args) -> dict:
-    """{device, dtype} from the flags, for load_svf / load_model."""
+    """{device, dtype} from the flags (or a config holding them), for load_svf / load_model."""
     return {"device": getattr(args, "device", None) or "auto", "dtype": getattr(args, "dtype", None) or "auto"}
-
-
-LIBRARY_HELP = "expert library folder (default: $T2_EXPERTS or ./experts)"
 
 
 def add_library_arg(p: argparse.ArgumentParser, default=None) -> None:
@@ -117,24 +97,33 @@ def add_library_arg(p: argparse.ArgumentParser, default=None) -> None:
     p.add_argument("--library", default=default, help=LIBRARY_HELP)
 
 
-def add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=positive_int, default=128)
-    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=unit_interval, default=1.0)
+def add_generation_args(p: argparse.ArgumentParser, max_new_tokens: int | None = None) -> None:
+    from ..generation import GenerationConfig
+
+    add_dataclass_args(p, GenerationConfig, skip=("batch_size",),
+                       defaults={"max_new_tokens": max_new_tokens} if max_new_tokens else None)
 
 
-def add_strategy_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    from ..adapt import STRATEGIES
+def add_strategy_args(p: argparse.ArgumentParser) -> None:
+    add_dataclass_args(p, StrategyOptions)
 
-    p.add_argument("--strategy", default=default, choices=list(STRATEGIES),
-                   help="two-pass self-adaptation: how pass 1 picks the expert (needs --library)")
-    p.add_argument("--classifier", default=None, help="classifier expert for --strategy classifier "
-                                                     "(default: the library's only `dispatch` expert)")
-    p.add_argument("--encoder", default=None, help="sentence encoder for --strategy embedding "
-                                                  "(default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--threshold", type=cosine, default=None,
-                   help="--strategy embedding: cosine similarity in [-1, 1] below which the base answers (default 0.3)")
-    p.add_argument("--shots", type=positive_int, default=10, help="--strategy cem: examples of the task to adapt on")
+
+# -- --out and --resume -------------------------------------------------------------------------------------------
+# In every verb, --out is what the verb writes (its result: a file, a folder or a library name), and --resume, where
+# a verb can continue an interrupted run, continues the run recorded for that --out; `--resume OUT` is short for
+# `--out OUT --resume`. Verbs that cannot resume have no --resume.
+
+def add_resume_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="OUT",
+                   help="continue the interrupted run recorded for --out (or for the OUT given here)")
+
+
+def resume_out(args) -> None:
+    """`--resume OUT` sets --out; a --resume needs an --out to find the run by."""
+    if isinstance(args.resume, str):
+        args.out = args.resume
+    if args.resume and not args.out:
+        raise ValueError("--resume needs the run's --out (or: --resume OUT)")
 
 
 # -- from strategy flags to objects (generate, eval and serve share them) ------------------------------------------

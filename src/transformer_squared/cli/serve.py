@@ -6,15 +6,21 @@ import argparse
 import ipaddress
 import os
 import sys
+from dataclasses import dataclass
 
+from ..serve.config import ServeLimits
 from .options import (
-    add_library_arg,
-    add_model_args,
-    add_strategy_args,
+    LibraryOptions,
+    ModelOptions,
+    StrategyOptions,
+    add_dataclass_args,
+    config_from_args,
     nonneg_float,
+    option,
     port,
     positive_int,
     precision_args,
+    strategy_option,
     strategy_options,
 )
 
@@ -22,35 +28,45 @@ SERVE_EXTRA = "t2 serve needs the serve extra: pip install 'transformer-squared[
 LOOPBACK = ("localhost",)
 
 
-def register(sub) -> None:
-    from ..serve.config import ServeLimits  # no heavy imports: `t2 -h` stays instant
+def _limit(name: str, parse, default=None):
+    """A flag for one ServeLimits field: its default and help come from there."""
+    f = ServeLimits.__dataclass_fields__[name]
+    return option(f.default if default is None else default, f.metadata["help"], parse=parse)
 
-    defaults = ServeLimits()
+
+@dataclass
+class ServeConfig(StrategyOptions, LibraryOptions, ModelOptions):
+    """`t2 serve`: the model and library served, where, and the server's limits (ServeLimits, in flag units)."""
+
+    strategy: str | None = strategy_option("embedding")  # pass 1 of model "auto"
+    host: str = option("127.0.0.1", "address to bind (default: loopback only)")
+    port: int = option(8000, "TCP port to listen on", parse=port)
+    api_key: str | None = option(None, "require 'Authorization: Bearer KEY' on /v1 routes (default: $T2_API_KEY, "
+                                       "else none)")
+    batching: str = option("auto", "mixed-expert batches: per-row z in one pass (rows), one merged batch per expert "
+                                   "(groups), or pick per batch from costs measured at start-up (auto)",
+                           choices=("auto", "rows", "groups"))
+    max_batch_size: int = _limit("max_batch_size", positive_int)
+    max_queue: int = _limit("max_queue", positive_int)
+    max_prompt_tokens: int = _limit("max_prompt_tokens", positive_int)
+    max_tokens: int = _limit("max_tokens", positive_int)
+    batch_window_ms: float = option(ServeLimits.batch_window_s * 1000, "milliseconds a batch that is not full waits "
+                                    "for more requests before it starts", parse=nonneg_float)
+    shutdown_timeout: float = option(ServeLimits.shutdown_timeout_s, "seconds in-flight requests get to finish on "
+                                     "Ctrl-C before they are cancelled", parse=nonneg_float)
+    max_body_bytes: int = _limit("max_body_bytes", positive_int)
+    threads: int | None = option(None, "torch threads (default: torch's choice)", parse=positive_int)
+
+    def limits(self) -> ServeLimits:
+        return ServeLimits(self.max_batch_size, self.max_queue, self.max_prompt_tokens, self.max_tokens,
+                           self.batch_window_ms / 1000, self.shutdown_timeout, self.max_body_bytes)
+
+
+def register(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server: base model, experts, mixtures and 'auto'",
                        description="Serves /v1/models, /v1/chat/completions, /v1/completions, /v1/experts and "
                                    "/health. Binds 127.0.0.1 unless --host says otherwise.")
-    add_model_args(p)
-    add_library_arg(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=port, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("T2_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1 routes (default: $T2_API_KEY, else none)")
-    add_strategy_args(p, default="embedding")  # pass 1 of model "auto"
-    p.add_argument("--batching", default="auto", choices=["auto", "rows", "groups"],
-                   help="mixed-expert batches: per-row z in one pass (rows), one merged batch per expert (groups), "
-                        "or pick per batch from costs measured at start-up (auto, default)")
-    p.add_argument("--max-batch-size", type=positive_int, default=defaults.max_batch_size)
-    p.add_argument("--max-queue", type=positive_int, default=defaults.max_queue, help="queued requests beyond that get 429")
-    p.add_argument("--max-prompt-tokens", type=positive_int, default=defaults.max_prompt_tokens)
-    p.add_argument("--max-tokens", type=positive_int, default=defaults.max_tokens,
-                   help="the most tokens a request may ask for (and the default for chat)")
-    p.add_argument("--batch-window-ms", type=nonneg_float, default=defaults.batch_window_s * 1000,
-                   help="how long a batch that is not full waits for more requests before it starts")
-    p.add_argument("--shutdown-timeout", type=nonneg_float, default=defaults.shutdown_timeout_s,
-                   help="seconds in-flight requests get to finish on Ctrl-C before they are cancelled")
-    p.add_argument("--max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
-                   help="larger request bodies get 413, before they are read (default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    add_dataclass_args(p, ServeConfig, defaults={"api_key": os.environ.get("T2_API_KEY")})
     p.set_defaults(func=serve_cmd)
 
 
@@ -69,25 +85,24 @@ def serve_cmd(args: argparse.Namespace) -> int:
         print(SERVE_EXTRA, file=sys.stderr)
         return 2
     from ..serve.app import create_app
-    from ..serve.config import ServeLimits
     from ..svf import load_svf
 
-    limits = ServeLimits(args.max_batch_size, args.max_queue, args.max_prompt_tokens, args.max_tokens,
-                         args.batch_window_ms / 1000, args.shutdown_timeout, args.max_body_bytes)
-    if not _is_loopback(args.host) and not args.api_key:
-        print(f"t2 serve: warning: listening on {args.host} without --api-key: anyone who can reach it can use "
+    cfg = config_from_args(args, ServeConfig)
+    limits = cfg.limits()
+    if not _is_loopback(cfg.host) and not cfg.api_key:
+        print(f"t2 serve: warning: listening on {cfg.host} without --api-key: anyone who can reach it can use "
               "the model and add or remove experts", file=sys.stderr)
-    if args.threads:
+    if cfg.threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    svf = load_svf(args.model or "default", targets=args.targets or "mlp", cache_dir=args.cache_dir,
-                   **precision_args(args))
-    options = {k: v for k, v in strategy_options(args).items() if v is not None}
-    app = create_app(svf, args.library, strategy=args.strategy, strategy_options=options, api_key=args.api_key,
-                     limits=limits, batching=args.batching)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                            timeout_graceful_shutdown=args.shutdown_timeout)  # seconds, fractions too (0: cancel at once)
+        torch.set_num_threads(cfg.threads)
+    svf = load_svf(cfg.model or "default", targets=cfg.targets or "mlp", cache_dir=cfg.cache_dir,
+                   **precision_args(cfg))
+    options = {k: v for k, v in strategy_options(cfg).items() if v is not None}
+    app = create_app(svf, cfg.library, strategy=cfg.strategy, strategy_options=options, api_key=cfg.api_key,
+                     limits=limits, batching=cfg.batching)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info",
+                            timeout_graceful_shutdown=cfg.shutdown_timeout)  # seconds, fractions too (0: cancel at once)
     _graceful_server(uvicorn, config).run()
     return 0
 

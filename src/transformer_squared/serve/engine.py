@@ -28,7 +28,7 @@ from .batching import Costs, Planner, measure_costs
 from .decode import Batch, Row, decode_batch
 from .request import Request, TextStream
 
-log = logging.getLogger("transformer_squared.serve")
+log = logging.getLogger(__name__)
 
 
 class Busy(Exception):

@@ -13,6 +13,7 @@ torchrun the batch and the validation set are split over ranks (see distributed.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -300,7 +301,7 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("note: pip install matplotlib for the training plot", flush=True)
+        logging.getLogger(__name__).info("no training plot: pip install matplotlib to get one")
         return None
     rows = _read_metrics(metrics_path)
     if not rows:
