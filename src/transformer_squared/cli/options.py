@@ -171,7 +171,8 @@ def strategy_options(args, task=None) -> dict:
 
 # -- tasks from --data / --data-dir --------------------------------------------------------------------------------
 
-DATA_FOLDERS = {"arc": "arc_easy", "arc_challenge": "arc_challenge"}  # task -> its subfolder under --data-dir
+DATA_FOLDERS = {"arc": "arc_easy", "arc_text": "arc_easy", "arc_challenge": "arc_challenge",
+                "arc_challenge_text": "arc_challenge"}  # task -> its subfolder under --data-dir
 GENERATED = ("arithmetic", "subtraction", "addition3", "antonyms", "classify", "custom")  # no data set to find
 
 
