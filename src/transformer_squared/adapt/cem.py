@@ -25,6 +25,7 @@ scored in one batch through the factored layers, each row carrying its candidate
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from ..generation import GenerationConfig, chat_text, generate_ids
 from ..svf import sigma
 from ..training.rollout import teacher_forced, token_logprobs
 from .config import FITNESSES, CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
+
+log = logging.getLogger(__name__)
 
 BASE = "<base>"  # the base weights' component in α (not a valid expert name, so it never collides)
 
@@ -218,13 +221,31 @@ def adapted_expert(svf, experts: list, result: CEMResult, name: str = "", descri
 
 
 def fewshot_examples(task, shots: int, seed: int = 0) -> list[dict]:
-    """k examples of the task's train split (a seeded sample), never from the split being evaluated."""
+    """k examples to adapt on, never ones that are evaluated: a seeded sample of the task's train split, or, for an
+    evaluation-only set (HumanEval has a test split alone), the last k examples of its test split, which
+    evaluation then leaves out (`without_shots`)."""
     import random
 
+    if "train" not in task.splits:
+        examples = task.examples("test")
+        if shots >= len(examples):
+            raise ValueError(f"task {task.name!r} has only a test split ({len(examples)} examples): --shots {shots} "
+                             "would leave none to evaluate; pass fewer --shots")
+        log.info("task %s has no train split: the shots are its last %d test examples, left out of evaluation",
+                 task.name, shots)
+        return examples[-shots:]
     examples = task.examples("train")
     if not examples:
         raise ValueError(f"task {task.name!r} has no train examples to adapt on")
     return random.Random(seed).sample(examples, min(shots, len(examples)))
+
+
+def without_shots(task, examples: list[dict], shots: int) -> list[dict]:
+    """`examples` of `task` less the ones few-shot CEM adapted on (only an evaluation-only set shares them)."""
+    if "train" in task.splits:
+        return examples
+    held = {e["prompt"] for e in fewshot_examples(task, shots)}
+    return [e for e in examples if e["prompt"] not in held]
 
 
 class FewShotStrategy:
@@ -246,6 +267,10 @@ class FewShotStrategy:
             self.expert = adapted_expert(svf, self.experts, self.result, name=f"cem-{self.task.name}",
                                          task=self.task.name, shots=self.shots, cem=asdict(self.config))
         return self.expert
+
+    def held_out(self, examples: list[dict]) -> list[dict]:
+        """The examples it may be evaluated on: all but its shots."""
+        return without_shots(self.task, examples, self.shots)
 
     def select(self, svf, prompts: list):
         from .strategy import Selection

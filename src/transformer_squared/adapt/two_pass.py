@@ -124,20 +124,24 @@ def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str
 
     from ..training.evaluate import default_max_new_tokens, wilson_interval
 
-    pool = [(t, e) for t in tasks for e in t.examples(split)[:n]]
+    per_task = callable(strategy) and not hasattr(strategy, "select")
+    chosen = {id(t): strategy(t) for t in tasks} if per_task else {}
+    pool = []
+    for t in tasks:
+        examples = t.examples(split)
+        held_out = getattr(chosen.get(id(t)), "held_out", None)  # few-shot CEM: never score its own shots
+        pool += [(t, e) for e in (held_out(examples) if held_out else examples)[:n]]
     if not pool:
         raise ValueError(f"no examples in the {split} split of {', '.join(t.name for t in tasks)}")
     prompts = [e["prompt"] for _, e in pool]
-    per_task = callable(strategy) and not hasattr(strategy, "select")
     name = getattr(strategy, "name", "per-task")
     with svf.applied(None):
         t0 = time.perf_counter()
         if per_task:
             selections = []
             for task in tasks:
-                chosen = strategy(task)
-                name = chosen.name
-                selections += chosen.select(svf, [e["prompt"] for t, e in pool if t is task])
+                name = chosen[id(task)].name
+                selections += chosen[id(task)].select(svf, [e["prompt"] for t, e in pool if t is task])
         else:
             selections = strategy.select(svf, prompts)
         pass1 = time.perf_counter() - t0

@@ -135,8 +135,16 @@ def eval_cmd(args: argparse.Namespace) -> int:
             if not (Path(cfg.lora) / "adapter_config.json").is_file():
                 raise ValueError(f"--lora {cfg.lora}: not a PEFT adapter folder (no adapter_config.json)")
             model = PeftModel.from_pretrained(model, cfg.lora).merge_and_unload().eval()
+    examples = None
+    made = expert.meta.created_by if cfg.expert else {}
+    if made.get("method") == "cem" and made.get("task") == task.name and "train" not in task.splits:
+        from ..adapt.cem import without_shots  # an evaluation-only set: the mixture adapted on some of it
+
+        examples = without_shots(task, task.examples(cfg.split), int(made["shots"]))
+        print(f"note: leaving out the {made['shots']} {task.name} examples {cfg.expert} was adapted on")
     with context:
-        result = evaluate(model, tokenizer, task, cfg.split, cfg.n, cfg.batch_size, cfg.max_new_tokens)
+        result = evaluate(model, tokenizer, task, cfg.split, cfg.n, cfg.batch_size, cfg.max_new_tokens,
+                          examples=examples)
     print(result.summary())
     if cfg.expert:  # expert memory: the result is kept beside the expert, for rank and routing
         from ..experts.memory import base_fingerprint, record_result

@@ -44,7 +44,7 @@ def choice_example(question: str, choices: Sequence[str], answer_index: int, ans
     labels = list(LETTERS[: len(choices)])
     if answer_format == "text":
         options = "\n".join(f"- {text}" for text in choices)
-        prompt, reference = f"{question}\n\nOptions:\n{options}\n\n{TEXT_INSTRUCTION}", choices[answer_index]
+        prompt, reference = f"{TEXT_INSTRUCTION}\n\nOptions:\n{options}\n\nQuestion: {question}", choices[answer_index]
     else:
         options = "\n".join(f"{label}. {text}" for label, text in zip(labels, choices))
         prompt, reference = f"{question}\n\n{options}\n\n{INSTRUCTION}", labels[answer_index]
