@@ -22,6 +22,7 @@ from transformer_squared.adapt import build_strategy
 from transformer_squared.adapt.cem import CEMConfig, FewShotStrategy
 from transformer_squared.adapt.classify import ClassifyTask
 from transformer_squared.adapt.two_pass import FixedStrategy, evaluate_strategy
+from transformer_squared.cli.options import GENERATED, data_folder
 from transformer_squared.adapt.routes import answer_experts
 from transformer_squared.experts import Expert, ExpertLibrary
 from transformer_squared.svf import load_svf
@@ -66,9 +67,13 @@ def dispatch(svf, library: ExpertLibrary, data: Path, n: int) -> None:
             print(f"{name:11} " + " ".join(f"{a:>11.0%}" for a in per_task) + f" {total:>6.0%} {ms:>17.0f}", flush=True)
 
 
-def unseen(svf, library: ExpertLibrary, data: Path, n: int, shots: int, cem: CEMConfig) -> None:
+UNSEEN = ["addition3", "subtraction", "arc"]  # tasks no expert of the demo's library was trained on
+
+
+def unseen(svf, library: ExpertLibrary, data: Path, n: int, shots: int, cem: CEMConfig,
+           names: list[str] = UNSEEN) -> None:
     routes = answer_experts(library)
-    tasks = [get_task("addition3"), get_task("subtraction"), get_task("arc", data / "arc_easy")]
+    tasks = [get_task(name, data / data_folder(name) if name not in GENERATED else None) for name in names]
     print(f"experts: {', '.join(e.name for e in routes.values())}; unseen tasks: {', '.join(t.name for t in tasks)}; "
           f"n={n}; CEM {shots} shots, population {cem.population}, iterations {cem.iterations}, {cem.fitness}")
     rows = {"base": lambda t: FixedStrategy(None)}
@@ -104,14 +109,17 @@ def main() -> None:
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--fitness", default="accuracy")
+    p.add_argument("--dtype", default="float32", help="compute dtype (auto: bf16 on this CPU)")
+    p.add_argument("--unseen", nargs="+", default=UNSEEN, help="unseen: the tasks (their data under --data)")
     args = p.parse_args()
     library = ExpertLibrary(args.library)
-    svf = load_svf("default", progress=False, dtype="float32")
+    first = next(iter(answer_experts(library).values()), None)
+    svf = load_svf("default", targets=first.meta.targets if first else "mlp", progress=False, dtype=args.dtype)
     if "dispatch" in args.parts:
         dispatch(svf, library, Path(args.data), args.n)
     if "unseen" in args.parts:
         unseen(svf, library, Path(args.data), args.n_unseen, args.shots,
-               CEMConfig(population=args.population, iterations=args.iterations, fitness=args.fitness))
+               CEMConfig(population=args.population, iterations=args.iterations, fitness=args.fitness), args.unseen)
 
 
 if __name__ == "__main__":

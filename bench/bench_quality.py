@@ -26,6 +26,17 @@ def answers_text(answers: dict) -> str:
     return " ".join(f"{k}:{v:.0%}" for k, v in sorted(answers.items())) if answers else ""
 
 
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'recipe':12} {'method':6} {'n':>5} {'accuracy':>9} {'95% CI':>17} {'trainable':>10} {'train s':>8}"
+          f"  answers")
+    for r in rows:
+        lo, hi = r["ci95"]
+        print(f"{r['recipe']:12} {r['method']:6} {r['n']:>5} {r['accuracy']:9.1%} {f'[{lo:.1%}, {hi:.1%}]':>17} "
+              f"{r['params']:>10,} {r['train_s']:>8}  {answers_text(r['answers'])}")
+        if r.get("keys"):
+            print(f"{'':12} {'keys':6} {'':>5} {'':>9} {'':>17} {'':>10} {'':>8}  {answers_text(r['keys'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", nargs="+", default=["configs/arc.yaml"], help="t2 train --config files")
@@ -33,9 +44,15 @@ def main() -> None:
     ap.add_argument("--lora-lr", type=float, default=5e-4, help="LoRA's learning rate (SVF uses the file's)")
     ap.add_argument("--steps", type=int, default=None, help="override the files' steps (a quick check)")
     ap.add_argument("--n-test", type=int, default=600, help="first N test examples, the same for every row")
+    ap.add_argument("--no-base", action="store_true", help="skip the base rows (e.g. a second process training LoRA)")
     ap.add_argument("--workdir", default="bench_runs/quality")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--table", nargs="+", default=None, metavar="JSON",
+                    help="only print the table of earlier runs' --json files (e.g. SVF and LoRA trained side by side)")
     args = ap.parse_args()
+    if args.table:
+        print_table([row for path in args.table for row in json.loads(Path(path).read_text())])
+        return
 
     from transformer_squared.config import config_from_args
     from transformer_squared.experts import Expert
@@ -59,12 +76,13 @@ def main() -> None:
         dtype = resolve_dtype(recipe.dtype, "cpu")
         keys = Counter(e["answer"] for e in test) if "choices" in test[0] else None
         name = Path(path).stem
-        lm = load_model(recipe.model, dtype=dtype)
-        base = evaluate(lm.model, lm.tokenizer, task, examples=test, max_new_tokens=max_new)
-        rows.append({"recipe": name, "task": task.name, "method": "base", "params": 0, "train_s": 0,
-                     "keys": {k: v / len(test) for k, v in keys.items()} if keys else {}, **base.to_dict()})
-        print(base.summary(), flush=True)
-        del lm
+        if not args.no_base:
+            lm = load_model(recipe.model, dtype=dtype)
+            base = evaluate(lm.model, lm.tokenizer, task, examples=test, max_new_tokens=max_new)
+            rows.append({"recipe": name, "task": task.name, "method": "base", "params": 0, "train_s": 0,
+                         "keys": {k: v / len(test) for k, v in keys.items()} if keys else {}, **base.to_dict()})
+            print(base.summary(), flush=True)
+            del lm
         for method in args.methods:
             out = work / name / method
             cfg = dataclasses.replace(recipe, method=method, out=str(out), run_dir=str(work / "runs" / name / method),
@@ -88,14 +106,7 @@ def main() -> None:
                          **res.to_dict()})
             print(res.summary(), flush=True)
 
-    print(f"\n{'recipe':12} {'method':6} {'n':>5} {'accuracy':>9} {'95% CI':>17} {'trainable':>10} {'train s':>8}"
-          f"  answers")
-    for r in rows:
-        lo, hi = r["ci95"]
-        print(f"{r['recipe']:12} {r['method']:6} {r['n']:>5} {r['accuracy']:9.1%} {f'[{lo:.1%}, {hi:.1%}]':>17} "
-              f"{r['params']:>10,} {r['train_s']:>8}  {answers_text(r['answers'])}")
-        if r.get("keys"):
-            print(f"{'':12} {'keys':6} {'':>5} {'':>9} {'':>17} {'':>10} {'':>8}  {answers_text(r['keys'])}")
+    print_table(rows)
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
