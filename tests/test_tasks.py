@@ -263,8 +263,10 @@ def test_arc_text_prompts_list_the_options_and_references_are_their_text(arc_tex
     assert len(examples) == 2376 and all(arc_text.score(e["reference"], e) == 1.0 for e in examples)
     example = examples[0]
     assert example["reference"] == example["choices"][example["labels"].index(example["answer"])]
-    assert example["prompt"].endswith("Answer with the text of the correct option only.")
+    # options first, the question last: the answer follows the question, as in log-likelihood scoring
+    assert example["prompt"].startswith("Answer with the text of the correct option only.\n\nOptions:\n")
     assert "\nOptions:\n" + "\n".join(f"- {c}" for c in example["choices"]) + "\n" in example["prompt"]
+    assert example["prompt"].endswith(f"\n\nQuestion: {example['question']}")
 
 
 def test_arc_text_reply_must_give_exactly_one_option(arc_text):

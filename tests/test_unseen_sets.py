@@ -90,8 +90,18 @@ def test_eval_and_adapt_on_a_humaneval_file(humaneval_file, library, tiny_folder
     assert "has only a test split" in capsys.readouterr().err and not (library / "all").exists()
 
 
-def test_eval_strategy_cem_never_scores_its_shots(humaneval_file, library, capsys):
-    assert main(["eval", "--library", str(library), "--strategy", "cem", "--task", "humaneval", "--data",
-                 str(humaneval_file), "--shots", "2", "--max-new-tokens", "4"]) == 0
-    out = capsys.readouterr().out
-    assert "humaneval/test: " in out and f"(n={len(RECORDS) - 2})" in out
+def test_few_shot_cem_strategy_never_scores_its_shots(humaneval_file, library, tiny_folder):
+    from transformer_squared.adapt.cem import CEMConfig, FewShotStrategy
+    from transformer_squared.adapt.two_pass import evaluate_strategy
+    from transformer_squared.experts import ExpertLibrary
+    from transformer_squared.svf import load_svf
+
+    lib = ExpertLibrary(library)
+    experts = [lib.get("one"), lib.get("two")]
+    svf = load_svf(str(tiny_folder), progress=False, dtype="float32")
+    task = get_task("humaneval", humaneval_file)
+    config = CEMConfig(population=2, iterations=1, fitness="loglik")
+    report = evaluate_strategy(svf, [task], lambda t: FewShotStrategy(experts, t, 2, config, progress=False),
+                               n=None, max_new_tokens=4, progress=False)
+    shots = {e["prompt"] for e in task.examples("test")[-2:]}
+    assert report.tasks[0].n == len(RECORDS) - 2 and not shots & {r["prompt"] for r in report.records}
