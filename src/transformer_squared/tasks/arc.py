@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from .base import Example, Task, hub_dataset, read_jsonl, role_file
-from .rewards import extract_letter
+from .rewards import extract_letter, score_letter
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the letter of the correct option only."
@@ -143,7 +143,9 @@ class ArcTask(Task):
         return given_label(completion, example)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(given_label(completion, example) == example["answer"])
+        if example.get("answer_format") == "text":
+            return float(given_label(completion, example) == example["answer"])
+        return score_letter(completion, example["answer"], example["labels"])  # the "letter" reward's rule
 
     def augment(self, example: Example, rng: random.Random) -> Example:
         """Shuffle the options and relabel them A, B, C, ...; the answer follows its option."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from .base import Example, Task, hub_dataset, read_jsonl, role_file
-from .rewards import last_number, normalize_number
+from .rewards import last_number, normalize_number, score_exact_number
 
 INSTRUCTION = 'Solve the problem step by step. End your reply with the final answer on its own line as "#### <number>".'
 FILES = {"train": "train.jsonl", "test": "test.jsonl"}
@@ -56,4 +56,4 @@ class GSM8KTask(Task):
         return last_number(completion)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(self.extract(completion) == normalize_number(str(example["answer"])))
+        return score_exact_number(completion, example["answer"])
