@@ -26,7 +26,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from .base import Example, Task, hub_dataset, read_jsonl, role_file
+from .base import Example, Task, hub_dataset, read_jsonl, role_file, split_alternate
 from .rewards import extract_letter, score_letter
 
 LETTERS = "ABCDEFGHIJ"
@@ -132,7 +132,7 @@ class ArcTask(Task):
         self.check_split(split)
         records = self.upstream("train" if split in ("train", "valid") else split)
         if split in ("train", "valid"):
-            records = records[0::2] if split == "train" else records[1::2]
+            records = split_alternate(records, split)
         return [arc_example(record, self.answer_format) for record in records]
 
     def extract(self, completion: str, labels: Sequence[str] = LETTERS[:5]) -> str | None:
