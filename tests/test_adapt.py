@@ -64,8 +64,8 @@ from transformer_squared.tasks import (
     SubtractionTask,
     Task,
 )
-from transformer_squared.training.evaluate import wilson_interval
-from transformer_squared.training.rollout import teacher_forced, token_logprobs
+from transformer_squared.evaluation import wilson_interval
+from transformer_squared.logprobs import teacher_forced, token_logprobs
 
 NOISE = 0.3
 ARITHMETIC = [e["prompt"] for e in ArithmeticTask().examples("test")[:10]]
@@ -1003,7 +1003,7 @@ def test_few_shot_strategy_leaves_an_applied_expert_in_place(tsvf, experts):
 
 def test_one_batch_per_expert_across_tasks_each_answer_cut_to_its_task_budget(tsvf, monkeypatch):
     """Pass 2 batches prompts of different tasks together (one generate call per expert) and cuts every answer to
-    its own task's token budget: arithmetic 16, addition3 20 (training/evaluate.py)."""
+    its own task's token budget: arithmetic 16, addition3 20 (evaluation.py)."""
     from transformer_squared.tasks import get_task
 
     calls, outputs = [], []

@@ -521,7 +521,7 @@ def test_generation_budget_belongs_to_the_task():
     from the task, so a subclass that sets its own is honoured and an unknown task gets the base default."""
     from transformer_squared.tasks import TASKS
     from transformer_squared.tasks.base import Task
-    from transformer_squared.training.evaluate import default_max_new_tokens
+    from transformer_squared.evaluation import default_max_new_tokens
 
     budgets = {name: cls.max_new_tokens for name, cls in TASKS.items()}
     assert budgets == {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16,

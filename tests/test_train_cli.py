@@ -132,7 +132,7 @@ def read_results(folder: Path, label: str) -> tuple[dict, list[dict]]:
 
 
 def check_eval_output(out: Path, label: str, stdout: str, n: int) -> list[dict]:
-    from transformer_squared.training.evaluate import EvalResult
+    from transformer_squared.evaluation import EvalResult
 
     summary, records = read_results(out, label)
     assert (summary["task"], summary["split"], summary["n"]) == ("arithmetic", "test", n)

@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from ..progress import tqdm
 
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, chat_text, generate_ids
+from ..logprobs import teacher_forced, token_logprobs
+from ..progress import tqdm
 from ..svf import sigma
-from ..training.rollout import teacher_forced, token_logprobs
 from .config import FITNESSES, CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Population:
 
 
 def _default_max_new(task) -> int:
-    from ..training.evaluate import default_max_new_tokens
+    from ..evaluation import default_max_new_tokens
 
     return default_max_new_tokens(task)
 

@@ -105,7 +105,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from ..training.evaluate import evaluate, write_results
+    from ..evaluation import evaluate, write_results
 
     cfg = config_from_args(args, EvalConfig)
     if cfg.strategy or cfg.tasks:
@@ -191,7 +191,7 @@ def eval_strategy_cmd(cfg: EvalConfig) -> int:
     print(f"{strategy_name}: all {report.accuracy:.1%}" + ("" if dispatch is None else f", dispatch {dispatch:.1%}")
           + f"; pass 1 {report.pass1_s:.1f} s, pass 2 {report.pass2_s:.1f} s (overhead {report.overhead:.2f}x)")
     if cfg.out:
-        from ..training.evaluate import write_results
+        from ..evaluation import write_results
 
         path = write_results(report, cfg.out, cfg.label or f"{'+'.join(names)}_{strategy_name}")
         print(f"wrote {path} and {path.with_suffix('.jsonl')}")

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from ..progress import tqdm
 
 from ..atomic import atomic_file, atomic_folder
 from ..errors import MissingDependency
+from ..evaluation import default_max_new_tokens
+from ..logprobs import teacher_forced, token_logprobs
+from ..progress import tqdm
 from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
 from .distributed import current as current_world, evaluate_sharded
-from .evaluate import default_max_new_tokens
 from .grpo import grpo_step
 from .objectives import advantages, policy_loss, sft_loss
-from .rollout import sample, teacher_forced, token_logprobs
+from .rollout import sample
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _record_best(cfg: TrainConfig, svf, task) -> None:
     """Expert memory: the saved (best) expert's validation result, appended beside it in its library."""
     from ..experts import Expert
     from ..experts.memory import ExpertMemory, base_fingerprint, record_result
-    from .evaluate import EvalResult
+    from ..evaluation import EvalResult
 
     expert = Expert.load(cfg.out)
     m = expert.meta.metrics
