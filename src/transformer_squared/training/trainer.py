@@ -86,8 +86,10 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise ValueError(f"--out {out} already exists; pass --resume to continue its run or --overwrite to replace it")
 
 
-def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None) -> TrainResult:
-    """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model."""
+def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None,
+                 state: dict | None = None) -> TrainResult:
+    """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model;
+    `state`: the run's checkpoint when the caller has read it already (resuming reads it once)."""
     world = current_world()
     if cfg.batch_size < world.size:
         raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes; give each a prompt")
@@ -97,12 +99,11 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     progress = progress and world.is_main
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
-    state = None
     check_run_owner(run_dir, cfg)
     if resume:
-        if not ckpt_path.is_file():
+        if state is None and not ckpt_path.is_file():
             raise ValueError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
-        state = torch.load(ckpt_path, weights_only=False)
+        state = state if state is not None else torch.load(ckpt_path, weights_only=False)
         saved = TrainConfig(**{**state["config"], "steps": cfg.steps})  # the run's own config; steps may grow
         cfg = saved
     _check_out(cfg, resume)
