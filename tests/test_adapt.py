@@ -742,14 +742,14 @@ def test_population_sigmas_per_matrix(tsvf, experts):
 
 
 def test_population_sigmas_reference_parametrization_mix_z(tsvf):
-    refs = [Expert.for_model(tsvf, noisy_z(tsvf, NOISE, seed=s, parametrization="reference"), "reference", 2.0,
+    refs = [Expert.for_model(tsvf, noisy_z(tsvf, NOISE, seed=s, parametrization="reference"), "reference",
                              name=f"r{s}") for s in (1, 2)]
     pop = population(tsvf, refs)
     alphas = torch.tensor([[0.2, 0.5, 0.3]])
     sig = pop.sigmas(alphas)
-    mixed = mix([*refs, Expert.for_model(tsvf, None, "reference", 2.0, name=BASE)], alphas[0].tolist())
+    mixed = mix([*refs, Expert.for_model(tsvf, None, "reference", name=BASE)], alphas[0].tolist())
     for n in tsvf.names:
-        torch.testing.assert_close(sig[n][0], sigma(mixed.z[n], tsvf.decomposition.factors(n)[1], "reference", 2.0))
+        torch.testing.assert_close(sig[n][0], sigma(mixed.z[n], tsvf.decomposition.factors(n)[1], "reference"))
 
 
 def candidate_alphas() -> torch.Tensor:
