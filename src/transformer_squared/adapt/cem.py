@@ -37,7 +37,7 @@ from ..generation import GenerationConfig, chat_text, generate_ids
 from ..logprobs import teacher_forced, token_logprobs
 from ..progress import tqdm
 from ..svf import sigma
-from .config import FITNESSES, CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
+from .config import CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
 
 log = logging.getLogger(__name__)
 
