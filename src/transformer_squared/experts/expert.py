@@ -108,7 +108,7 @@ class Expert:
             return
         self.validate()
         missing = sorted(set(self.z) - set(svf.names))
-        if missing or set(self.z) != set(svf.names):
+        if set(self.z) != set(svf.names):
             raise ExpertError(
                 f"expert {self.name!r} adapts {len(self.z)} matrices ({self.meta.targets!r}) but the model was "
                 f"decomposed for {len(svf.names)} (e.g. {(missing or sorted(set(svf.names) - set(self.z)))[0]}); "

@@ -356,7 +356,8 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     key = "reward" if any("reward" in r for r in rows) else "nll"
     pts = [(r["step"], r[key]) for r in rows if key in r]
-    ax.plot(*zip(*pts), label=f"train {key}", alpha=0.7) if pts else None
+    if pts:
+        ax.plot(*zip(*pts), label=f"train {key}", alpha=0.7)
     val = [(r["step"], r["valid_accuracy"]) for r in rows if "valid_accuracy" in r]
     if val:
         ax.plot(*zip(*val), "o-", label="valid accuracy")
