@@ -1,8 +1,10 @@
 """Answer extraction and TRL-style rewards, shared by the tasks.
 
-Two kinds of functions live here:
+Three kinds of functions live here:
 - pure extractors over a completion's text: `first_number`, `last_number`, `stated_result`, `boxed_answer`,
   `math_answer`, `normalize_math_answer`, `extract_letter`, `extract_code`;
+- scorers, one per rule, `(completion text, gold) -> 1.0 | 0.0`: `score_exact_number`, `score_stated_result`,
+  `score_boxed`, `score_letter`. The built-in tasks' `score()` and the rewards below both call them;
 - rewards with the TRL signature `(prompts, completions, **columns) -> list[float]`, registered by name in
   `tasks.base.REWARDS`. Columns are lists aligned with `completions` (e.g. `answer=[...]`); a completion may be a
   string or, as TRL passes conversational data, a list of chat messages (the last message's content is scored).
