@@ -35,7 +35,7 @@ class NaivePopulation(Population):
         correct, loglik = torch.zeros(len(alphas)), torch.zeros(len(alphas))
         for c, a in enumerate(alphas):
             z = {n: (a[:, m] if self.config.per_matrix else a) @ self.Z[n] for m, n in enumerate(svf.names)}
-            expert = Expert.for_model(svf, z, self.parametrization, self.max_mult)
+            expert = Expert.for_model(svf, z, self.parametrization)
             with svf.applied(expert, cache=False):  # validate + compose 90 W' from z + write
                 ll, right = self.score_shots(list(range(k)))
             loglik[c], correct[c] = ll.sum(), right.sum()

@@ -22,7 +22,7 @@ from transformer_squared.lora_export import export_lora, parse_rank
 from transformer_squared.models import load_model
 from transformer_squared.svf import load_svf
 from transformer_squared.tasks import get_task
-from transformer_squared.training.evaluate import evaluate
+from transformer_squared.evaluation import evaluate
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def run(method: str, svf, task, args) -> dict:
 
     from transformer_squared.training import trainer
     from transformer_squared.training.config import TrainConfig
-    from transformer_squared.training.evaluate import default_max_new_tokens, evaluate
+    from transformer_squared.evaluation import default_max_new_tokens, evaluate
     from transformer_squared.training.grpo import grpo_step
     from transformer_squared.training.policy import SVFPolicy
 

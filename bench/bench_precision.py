@@ -123,7 +123,8 @@ def rollout(svfs, args) -> dict:
 def rl(svfs, args) -> dict:
     from transformer_squared.training.objectives import advantages, policy_loss
     from transformer_squared.training.policy import SVFPolicy
-    from transformer_squared.training.rollout import sample, token_logprobs
+    from transformer_squared.training.rollout import sample
+    from transformer_squared.logprobs import token_logprobs
 
     prompts = _rollout_prompts(args.batch)
     first = svfs["float32"]

@@ -61,7 +61,7 @@ def main() -> None:
     from transformer_squared.svf import load_svf
     from transformer_squared.tasks import get_task
     from transformer_squared.training.config import TrainConfig
-    from transformer_squared.training.evaluate import evaluate
+    from transformer_squared.evaluation import evaluate
     from transformer_squared.training.trainer import train_expert
 
     work = Path(args.workdir)

@@ -76,7 +76,7 @@ def _variant(name: str, path: str, repeats: int, queue) -> None:
     import torch
 
     from transformer_squared.training.objectives import advantages, policy_loss
-    from transformer_squared.training.rollout import Rollout, token_logprobs
+    from transformer_squared.logprobs import Rollout, token_logprobs
 
     saved = torch.load(path, weights_only=False)
     ro = Rollout(**saved["rollout"])

@@ -34,7 +34,7 @@ def main() -> None:
 
     from transformer_squared.generation import chat_text
     from transformer_squared.tasks import get_task
-    from transformer_squared.training.evaluate import default_max_new_tokens
+    from transformer_squared.evaluation import default_max_new_tokens
 
     task = get_task(args.task, args.data)
     svf = SVFExpertModel.load(args.model)

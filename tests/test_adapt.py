@@ -64,8 +64,8 @@ from transformer_squared.tasks import (
     SubtractionTask,
     Task,
 )
-from transformer_squared.training.evaluate import wilson_interval
-from transformer_squared.training.rollout import teacher_forced, token_logprobs
+from transformer_squared.evaluation import wilson_interval
+from transformer_squared.logprobs import teacher_forced, token_logprobs
 
 NOISE = 0.3
 ARITHMETIC = [e["prompt"] for e in ArithmeticTask().examples("test")[:10]]
@@ -742,14 +742,14 @@ def test_population_sigmas_per_matrix(tsvf, experts):
 
 
 def test_population_sigmas_reference_parametrization_mix_z(tsvf):
-    refs = [Expert.for_model(tsvf, noisy_z(tsvf, NOISE, seed=s, parametrization="reference"), "reference", 2.0,
+    refs = [Expert.for_model(tsvf, noisy_z(tsvf, NOISE, seed=s, parametrization="reference"), "reference",
                              name=f"r{s}") for s in (1, 2)]
     pop = population(tsvf, refs)
     alphas = torch.tensor([[0.2, 0.5, 0.3]])
     sig = pop.sigmas(alphas)
-    mixed = mix([*refs, Expert.for_model(tsvf, None, "reference", 2.0, name=BASE)], alphas[0].tolist())
+    mixed = mix([*refs, Expert.for_model(tsvf, None, "reference", name=BASE)], alphas[0].tolist())
     for n in tsvf.names:
-        torch.testing.assert_close(sig[n][0], sigma(mixed.z[n], tsvf.decomposition.factors(n)[1], "reference", 2.0))
+        torch.testing.assert_close(sig[n][0], sigma(mixed.z[n], tsvf.decomposition.factors(n)[1], "reference"))
 
 
 def candidate_alphas() -> torch.Tensor:
@@ -1003,7 +1003,7 @@ def test_few_shot_strategy_leaves_an_applied_expert_in_place(tsvf, experts):
 
 def test_one_batch_per_expert_across_tasks_each_answer_cut_to_its_task_budget(tsvf, monkeypatch):
     """Pass 2 batches prompts of different tasks together (one generate call per expert) and cuts every answer to
-    its own task's token budget: arithmetic 16, addition3 20 (training/evaluate.py)."""
+    its own task's token budget: arithmetic 16, addition3 20 (evaluation.py)."""
     from transformer_squared.tasks import get_task
 
     calls, outputs = [], []

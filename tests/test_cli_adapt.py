@@ -153,6 +153,26 @@ def test_errors_exit_2_with_one_line_before_loading_any_model(case, libraries, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_classifier_check_before_the_model_reads_no_z(libraries, monkeypatch):
+    import argparse
+
+    import torch
+
+    from transformer_squared.adapt.classify import find_classifier
+    from transformer_squared.cli.options import check_strategy_inputs
+    from transformer_squared.experts import Expert, ExpertLibrary, ExpertMeta
+
+    library = ExpertLibrary(libraries["one"])
+    Expert({"a.weight": torch.ones(4)}, ExpertMeta(name="dispatcher", domain="dispatch")).save(library.root / "dispatcher")
+    loads, real_load = [], Expert.load
+    monkeypatch.setattr(Expert, "load", classmethod(lambda cls, folder: loads.append(Path(folder).name)
+                                                    or real_load(folder)))
+    for name in (None, "dispatcher", str(library.root / "dispatcher")):
+        check_strategy_inputs(argparse.Namespace(strategy="classifier", classifier=name), library)
+    assert loads == []  # the strategy's builder loads it, once
+    assert find_classifier(library).name == "dispatcher" and loads == ["dispatcher"]
+
+
 def test_an_unusable_encoder_is_a_one_line_error(libraries, monkeypatch, capsys):
     """--encoder is only opened after the model loads (a stand-in here); what it raises must still be reported as a
     t2 error, not a traceback."""

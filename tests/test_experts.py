@@ -38,7 +38,7 @@ def test_save_load_round_trip(svf, make_svf, tmp_path, random_z, input_ids, logi
     assert all(torch.equal(loaded.z[n], expert.z[n]) and loaded.z[n].dtype == torch.float32 for n in svf.names)
     assert loaded.key == expert.key
     assert loaded.meta.name == "math" and expert.meta.name == "math"  # named after its folder
-    for field in ("base_model", "fingerprint", "targets", "parametrization", "max_mult", "domain", "description",
+    for field in ("base_model", "fingerprint", "targets", "parametrization", "domain", "description",
                   "created_by", "metrics"):
         assert getattr(loaded.meta, field) == getattr(expert.meta, field), field
     raw = json.loads((path / "expert.json").read_text())
@@ -48,6 +48,33 @@ def test_save_load_round_trip(svf, make_svf, tmp_path, random_z, input_ids, logi
     fresh = make_svf(svf.model)  # no cached weights: the loaded expert composes its own
     with fresh.applied(loaded):
         assert torch.equal(logits(svf.model, input_ids), original)
+
+
+@pytest.mark.parametrize("max_mult", [1.0, 2.0])
+def test_an_expert_json_that_records_max_mult_loads_as_a_new_one(svf, tmp_path, random_z, max_mult):
+    """Experts saved before max_mult was dropped (it cancels: svf.py) record it; they load as the same expert with
+    the same key, and the key is the one hashed then for the default 1.0 (so recorded results still match)."""
+    import hashlib
+
+    z = random_z(svf, scale=1.0, parametrization="reference")
+    new = Expert.for_model(svf, z, parametrization="reference", name="r")
+    new.save(tmp_path / "new")
+    old = tmp_path / "old"
+    new.save(old)
+    raw = json.loads((old / "expert.json").read_text())
+    assert "max_mult" not in raw
+    (old / "expert.json").write_text(json.dumps({**raw, "max_mult": max_mult}))
+    loaded = Expert.load(old)
+    assert loaded.key == Expert.load(tmp_path / "new").key == new.key
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"reference|1.0")
+    for n in sorted(z):
+        h.update(n.encode())
+        h.update(z[n].float().contiguous().numpy().data)
+    assert new.key == h.hexdigest()  # the key before the change, for an expert with max_mult 1.0
+    composed, expected = svf.compose(loaded, cache=False), svf.compose(new, cache=False)
+    assert all(torch.equal(composed[n], expected[n]) for n in svf.names)
+    assert mix([loaded, new], [0.5, 0.5]).parametrization == "reference"
 
 
 def test_save_refuses_an_existing_folder_unless_overwrite(svf, tmp_path, random_z):
@@ -373,6 +400,6 @@ def test_library_mix_saves_the_weighted_sum(svf, tmp_path, random_z):
 
 def test_expert_meta_defaults_are_the_identity_paper_expert(svf):
     meta = ExpertMeta()
-    assert (meta.parametrization, meta.max_mult, meta.targets) == ("paper", 1.0, "mlp")
+    assert (meta.parametrization, meta.targets) == ("paper", "mlp")
     expert = Expert.for_model(svf)
     assert all(torch.equal(z, torch.ones_like(z)) for z in expert.z.values())

@@ -54,7 +54,7 @@ def test_group_advantages_by_hand():
 
 def hand_rollout(K: int = 2, groups: int = 2, P: int = 5, C: int = 4):
     """A rollout of random tokens: `groups` prompts × K completions, completion lengths 4, 2, 3, 1, ..."""
-    from transformer_squared.training.rollout import Rollout
+    from transformer_squared.logprobs import Rollout
 
     g = torch.Generator().manual_seed(3)
     N = K * groups
@@ -77,7 +77,7 @@ def z_grad(policy, loss_fn) -> torch.Tensor:
 @pytest.mark.parametrize("clip_eps", [0.2, 0.01])
 def test_one_pass_equals_the_on_policy_policy_gradient(svf, random_z, clip_eps):
     from transformer_squared.training.policy import SVFPolicy
-    from transformer_squared.training.rollout import token_logprobs
+    from transformer_squared.logprobs import token_logprobs
 
     rollout = hand_rollout()
     adv = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
@@ -165,7 +165,7 @@ def test_kl_term_is_the_k3_estimator_with_the_same_normalisation():
 
 def test_old_logprobs_on_merged_weights_match_the_factored_forward(svf, random_z):
     from transformer_squared.training.policy import SVFPolicy
-    from transformer_squared.training.rollout import token_logprobs
+    from transformer_squared.logprobs import token_logprobs
 
     rollout = hand_rollout()
     policy = SVFPolicy(svf, z=random_z(svf, scale=0.3))

@@ -17,7 +17,7 @@ from transformer_squared.cli import main
 from transformer_squared.experts import Expert, ExpertLibrary
 from transformer_squared.experts.memory import MEMORY_FILE, ExpertMemory, base_fingerprint, result_record
 from transformer_squared.tasks import ArithmeticTask
-from transformer_squared.training.evaluate import EvalResult, wilson_interval
+from transformer_squared.evaluation import EvalResult, wilson_interval
 
 
 def result(task: str, accuracy: float, n: int = 20, split: str = "test") -> EvalResult:

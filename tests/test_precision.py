@@ -274,7 +274,7 @@ def test_export_in_a_chosen_dtype(tiny_folder, tmp_path, one_thread):
 # -- training in bf16: float32 master copies, base untouched -------------------------------------------------------
 
 def _tokenized(svf):
-    from transformer_squared.training.rollout import teacher_forced
+    from transformer_squared.logprobs import teacher_forced
 
     return teacher_forced(svf.tokenizer, ["1+1=", "2+3="], ["2", "5"])
 
@@ -283,7 +283,7 @@ def test_svf_policy_step_in_bf16_keeps_float32_master_copy(tiny_folder, tmp_path
     from transformer_squared.svf import load_svf
     from transformer_squared.training.objectives import sft_loss
     from transformer_squared.training.policy import SVFPolicy
-    from transformer_squared.training.rollout import token_logprobs
+    from transformer_squared.logprobs import token_logprobs
 
     svf = load_svf(str(tiny_folder), cache_dir=tmp_path, progress=False, device="cpu", dtype="bfloat16")
     base = {n: w.clone() for n, w in svf.base_weights.items()}

@@ -1,4 +1,4 @@
-"""Rollouts and log-probs (training/rollout.py) on a tiny random Llama with the character tokenizer and a chat
+"""Rollouts (training/rollout.py) and log-probs (logprobs.py) on a tiny random Llama with the character tokenizer and a chat
 template (see `tiny_llama_dir` in conftest.py).
 
 Grouped rollouts run each prompt once and repeat its key/value cache K times; that must be the same computation as
@@ -14,7 +14,8 @@ import torch
 from torch.testing import assert_close
 
 from transformer_squared.generation import chat_text, encode
-from transformer_squared.training.rollout import Rollout, _completion_mask, sample, teacher_forced, token_logprobs
+from transformer_squared.logprobs import Rollout, teacher_forced, token_logprobs
+from transformer_squared.training.rollout import _completion_mask, sample
 
 PROMPTS = ["What is 12 + 34? Answer with the number only.", "Hi"]
 

@@ -28,7 +28,7 @@ def prompts(n: int, seed: int = 3) -> list[list[int]]:
 
 
 def experts_for(svf, n: int = 3, parametrizations=("paper", "reference", "paper")) -> list[Expert]:
-    return [Expert.for_model(svf, noisy_z(svf, 0.3, seed=i, parametrization=p), p, max_mult=2.0, name=f"e{i}")
+    return [Expert.for_model(svf, noisy_z(svf, 0.3, seed=i, parametrization=p), p, name=f"e{i}")
             for i, p in zip(range(n), parametrizations)]
 
 

@@ -172,32 +172,33 @@ def test_compose_of_a_cached_mixture_uses_the_components(svf, random_z, monkeypa
 
 # -- reference parametrization ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("max_mult", [1.0, 2.0])
-def test_reference_sigma_keeps_the_sum_of_singular_values(max_mult):
+def test_reference_sigma_keeps_the_sum_of_singular_values():
     g = torch.Generator().manual_seed(0)
     S = torch.rand(16, generator=g).sort(descending=True).values
     z = torch.randn(5, 16, generator=g) * 3  # (B, r): batch of arbitrary z, far from init
-    s = sigma(z, S, "reference", max_mult)
+    s = sigma(z, S, "reference")
     assert s.shape == (5, 16)
     torch.testing.assert_close(s.sum(-1), S.sum().expand(5), atol=0, rtol=1e-5)
     assert not torch.allclose(s, S.expand(5, 16))  # ...while the individual values did change
-    torch.testing.assert_close(sigma(init_z(16, "reference"), S, "reference", max_mult), S, atol=0, rtol=1e-6)
+    torch.testing.assert_close(sigma(init_z(16, "reference"), S, "reference"), S, atol=0, rtol=1e-6)
 
 
 def test_reference_max_mult_cancels():
-    # σ' = s · Σσ / Σs with s = σ ⊙ sigmoid(z) · c: c cancels (the statement in svf.py, checked on random z)
+    # σ' = s · Σσ / Σs with s = σ ⊙ sigmoid(z) · c: the official code's c = max_mult cancels (svf.py, on random z)
     g = torch.Generator().manual_seed(0)
     z, S = torch.randn(3, 16, generator=g), torch.rand(16, generator=g) + 0.1
     for c in (0.5, 2.0, 10.0):
-        torch.testing.assert_close(sigma(z, S, "reference", c), sigma(z, S, "reference", 1.0), rtol=1e-6, atol=1e-6)
+        scaled = S * torch.sigmoid(z) * c
+        official = scaled * (S.sum() / scaled.sum(dim=-1, keepdim=True))
+        torch.testing.assert_close(official, sigma(z, S, "reference"), rtol=1e-6, atol=1e-6)
 
 
 def test_reference_merged_equals_factored(svf, input_ids, logits, random_z):
     z = random_z(svf, scale=1.0, parametrization="reference")
-    expert = Expert.for_model(svf, z, parametrization="reference", max_mult=2.0)
+    expert = Expert.for_model(svf, z, parametrization="reference")
     with svf.applied(expert):
         merged = logits(svf.model, input_ids)
-    with svf.factored(z, parametrization="reference", max_mult=2.0):
+    with svf.factored(z, parametrization="reference"):
         close(logits(svf.model, input_ids), merged)
     assert (merged - logits(svf.model, input_ids)).abs().max() > CHANGED
 
@@ -230,8 +231,8 @@ def test_row_sigma_gives_each_row_its_own_expert(parametrization, shape):
     U, S, Vh = torch.linalg.svd(base.weight.detach(), full_matrices=False)
     z = init_z(10, parametrization) + torch.randn(3, 10)  # (B, r): one z per row
     x = torch.randn(*shape, 12)
-    layer = SVFLinear(base, U, S, Vh, init_z(10, parametrization), parametrization, max_mult=1.5)
-    layer.row_sigma = sigma(z, S, parametrization, 1.5)  # (B, r)
+    layer = SVFLinear(base, U, S, Vh, init_z(10, parametrization), parametrization)
+    layer.row_sigma = sigma(z, S, parametrization)  # (B, r)
     together = layer(x)
     assert together.shape == (*shape, 10)
     layer.row_sigma = None

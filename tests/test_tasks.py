@@ -426,6 +426,46 @@ def test_registries():
     assert all(TASKS[name].description for name in TASKS)
 
 
+# Completions chosen to sit on the rules' edges: commas, trailing zeros, several numbers, '=', boxes, articles.
+TRICKY = [
+    "", "42", "#### 42", "42.0", "1,234", "The answer is 42.", "17 + 25 = 42", "17 plus 25 is 42", "-42", "−42",
+    "It is 41 or 42", "\\boxed{42}", "\\boxed{\\frac{1}{2}} so 3", "$\\boxed{ 42 }$.", "B", "(b)", "Answer: C",
+    "A plant needs water, so D", "**A**", "E", "answer is option A", "```python\nx = 1\n```",
+]
+
+
+def tricky_examples(task: Task, n: int = 3) -> list[dict]:
+    examples = task.examples("test")[:n]
+    return examples + [{**e, "answer": answer} for e in examples[:1] for answer in ("42", "1234", "-42", "42 apples", "A")]
+
+
+@pytest.mark.parametrize(("name", "reward"), [("arithmetic", "first_number"), ("subtraction", "first_number"),
+                                              ("addition3", "first_number"), ("gsm8k", "exact_number"),
+                                              ("math", "boxed"), ("arc", "letter"), ("arc_challenge", "letter")])
+def test_task_score_and_its_reward_agree(name, reward, tmp_path):
+    data = {"gsm8k": "gsm8k", "arc": "arc_easy", "arc_challenge": "arc_challenge"}.get(name)
+    if name == "math":
+        task = get_task("math", data=write_jsonl(tmp_path / "math.jsonl", MATH * 10))
+    else:
+        task = get_task(name, data=shared(data) if data else None)
+    for example in tricky_examples(task):
+        completions = [*TRICKY, example["reference"]]
+        columns = {key: [value] * len(completions) for key, value in example.items() if key != "prompt"}
+        expected = [task.score(c, example) for c in completions]
+        assert REWARDS[reward]([example["prompt"]] * len(completions), completions, **columns) == expected
+        assert task.reward([example["prompt"]] * len(completions), completions, **columns) == expected
+
+
+def test_mbpp_score_and_unit_tests_reward_agree(mbpp):
+    sandbox()
+    example = mbpp.examples("test")[0]
+    completions = ["", "no code here", example["reference"], example["answer"], "```python\ndef f(): pass\n```"]
+    columns = {key: [value] * len(completions) for key, value in example.items() if key != "prompt"}
+    expected = [mbpp.score(c, example) for c in completions]
+    assert REWARDS["unit_tests"]([example["prompt"]] * len(completions), completions, **columns) == expected
+    assert sum(expected) >= 1  # the reference passes
+
+
 def test_get_task_by_name_and_dotted_path():
     assert isinstance(get_task("arithmetic"), ArithmeticTask)
     assert isinstance(get_task("transformer_squared.tasks.arithmetic:ArithmeticTask", digits=1), ArithmeticTask)
@@ -483,7 +523,7 @@ def test_generation_budget_belongs_to_the_task():
     from the task, so a subclass that sets its own is honoured and an unknown task gets the base default."""
     from transformer_squared.tasks import TASKS
     from transformer_squared.tasks.base import Task
-    from transformer_squared.training.evaluate import default_max_new_tokens
+    from transformer_squared.evaluation import default_max_new_tokens
 
     budgets = {name: cls.max_new_tokens for name, cls in TASKS.items()}
     assert budgets == {"arithmetic": 16, "subtraction": 16, "addition3": 20, "antonyms": 12, "arc": 16,

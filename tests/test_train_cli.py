@@ -132,7 +132,7 @@ def read_results(folder: Path, label: str) -> tuple[dict, list[dict]]:
 
 
 def check_eval_output(out: Path, label: str, stdout: str, n: int) -> list[dict]:
-    from transformer_squared.training.evaluate import EvalResult
+    from transformer_squared.evaluation import EvalResult
 
     summary, records = read_results(out, label)
     assert (summary["task"], summary["split"], summary["n"]) == ("arithmetic", "test", n)
@@ -159,7 +159,7 @@ def test_eval_base_model_writes_summary_and_samples(tiny_llama_dir, tmp_path, ca
     check_eval_output(tmp_path, "arithmetic_test_base", capsys.readouterr().out, 4)
 
 
-def test_train_resume_then_eval_the_expert(tiny_llama_dir, tmp_path, capsys):
+def test_train_resume_then_eval_the_expert(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     out, run = tmp_path / "experts" / "add", tmp_path / "runs" / "add"
     common = ["--run-dir", str(run), "--quiet"]
     assert main(["train", "--model", str(tiny_llama_dir), "--out", str(out), "--objective", "sft", "--steps", "2",
@@ -168,8 +168,14 @@ def test_train_resume_then_eval_the_expert(tiny_llama_dir, tmp_path, capsys):
     assert "best valid accuracy" in printed and f"saved {out}" in printed
     assert (out / "expert.json").is_file()
 
-    # --resume OUT: the checkpoint's config, with more steps
+    # --resume OUT: the checkpoint's config, with more steps; the checkpoint is unpickled once
+    import torch
+
+    loads, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **kw: loads.append(Path(path).name) or real_load(path, *a, **kw))
     assert main(["train", "--resume", str(out), "--steps", "3", *common]) == 0
+    monkeypatch.setattr(torch, "load", real_load)
+    assert loads.count("checkpoint.pt") == 1, loads
     capsys.readouterr()
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]

@@ -1,4 +1,4 @@
-"""Training: the policies (training/policy.py), the loop (training/trainer.py) and evaluation (training/evaluate.py),
+"""Training: the policies (training/policy.py), the loop (training/trainer.py) and evaluation (evaluation.py),
 on a tiny random Llama saved as a Hugging Face folder with the character tokenizer and a chat template
 (`tiny_llama_dir` in conftest.py), so every run goes through the same loading path as `--model FOLDER`.
 
@@ -20,7 +20,7 @@ from torch.testing import assert_close
 
 from transformer_squared.tasks import TASKS, ArcTask, ArithmeticTask
 from transformer_squared.training.config import TrainConfig
-from transformer_squared.training.evaluate import EvalResult, evaluate, wilson_interval, write_results
+from transformer_squared.evaluation import EvalResult, evaluate, wilson_interval, write_results
 
 TINY_RANKS = 2 * 3 * 64  # 2 layers × (gate, up, down), each of rank min(64, 128) = 64
 

@@ -101,7 +101,7 @@ def parse_rank(value: str | int) -> int | None:
 def delta_sigma(svf: SVFModel, expert: Expert, name: str) -> torch.Tensor:
     """d = σ' − σ for one matrix: (r,)."""
     _, S, _ = svf.decomposition.factors(name)
-    return sigma(expert.z[name], S, expert.parametrization, expert.max_mult) - S
+    return sigma(expert.z[name], S, expert.parametrization) - S
 
 
 def lora_factors(U: torch.Tensor, d: torch.Tensor, Vh: torch.Tensor, K: int) -> tuple[torch.Tensor, torch.Tensor]:

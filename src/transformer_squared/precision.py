@@ -164,8 +164,7 @@ def contiguous_head_input(model: torch.nn.Module) -> None:
 
     With ``logits_to_keep`` (every prefill, teacher-forced log-probs) transformers feeds the head a slice
     ``hidden[:, -k:, :]``; a 3-D non-contiguous input makes ``F.linear`` fall back to a batched matmul over a
-    copied, expanded weight: measured on this CPU for (32, 5 of 50, 576) @ (576, 49152), 3.3 s instead of 0.49 s
-    in float32 and 25 s instead of 0.22 s in bf16."""
+    copied, expanded weight, several times to two orders of magnitude slower on CPU (BENCHMARKS.md measures it)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "_t2_contiguous_input", False):
         return

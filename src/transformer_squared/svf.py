@@ -8,15 +8,14 @@ Two parametrizations of σ' (chosen when an expert is made and recorded in it):
 
 - ``paper``      σ' = σ ⊙ z, z initialised to 1. W' is linear in z, so a mixture of experts is exactly the
                  same mixture of their merged weights: W'(Σ αₖ zₖ) = Σ αₖ W'(zₖ).
-- ``reference``  as SakanaAI/self-adaptive-llms does it: m = sigmoid(z) · max_mult, σ' = σ ⊙ m · (Σσ / Σ(σ ⊙ m)),
+- ``reference``  as SakanaAI/self-adaptive-llms does it: m = sigmoid(z), σ' = σ ⊙ m · (Σσ / Σ(σ ⊙ m)),
                  i.e. the sum of singular values is preserved. z is initialised to 0.1 everywhere (the reference
                  adds small noise; we keep it uniform so that the initial expert reproduces the base exactly —
                  a uniform m is undone by the rescaling). Mixtures mix z, as the reference code does; W' is not
                  linear in z here, so they are composed from scratch.
-                 `max_mult` cancels: with s = σ ⊙ sigmoid(z) · c, σ' = s · Σσ / Σs is the same for every c > 0
-                 (the official code has the same property). It is kept only so that experts recorded with it
-                 keep their identity (it is part of `Expert.key`, which the expert memory's records check);
-                 it changes no σ'.
+                 The official code multiplies m by a constant `max_mult`; it cancels (with s = σ ⊙ sigmoid(z) · c,
+                 σ' = s · Σσ / Σs is the same for every c > 0), so it is not a parameter here. Experts saved
+                 when it was still recorded load unchanged (experts/expert.py drops the field).
 
 Two execution modes:
 
@@ -55,12 +54,12 @@ def init_z(rank: int, parametrization: str = "paper") -> torch.Tensor:
     raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
 
 
-def sigma(z: torch.Tensor, S: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0) -> torch.Tensor:
+def sigma(z: torch.Tensor, S: torch.Tensor, parametrization: str = "paper") -> torch.Tensor:
     """Adapted singular values σ' for z; z may carry leading batch dimensions (..., r)."""
     if parametrization == "paper":
         return S * z
     if parametrization == "reference":
-        scaled = S * torch.sigmoid(z) * max_mult  # max_mult cancels in the rescaling below (see the docstring)
+        scaled = S * torch.sigmoid(z)  # the official code's max_mult factor would cancel below (module docstring)
         return scaled * (S.sum() / scaled.sum(dim=-1, keepdim=True))
     raise ValueError(f"unknown parametrization {parametrization!r}; choose one of {', '.join(PARAMETRIZATIONS)}")
 
@@ -92,14 +91,14 @@ class SVFLinear(nn.Module):
     the KL penalty).
     """
 
-    def __init__(self, base: nn.Linear, U, S, Vh, z: torch.Tensor, parametrization: str = "paper", max_mult: float = 1.0):
+    def __init__(self, base: nn.Linear, U, S, Vh, z: torch.Tensor, parametrization: str = "paper"):
         super().__init__()
         self.base = base  # its weight is the base W; never modified here
         self.register_buffer("U", U, persistent=False)  # (out, r)
         self.register_buffer("S", S, persistent=False)  # (r,)
         self.register_buffer("Vh", Vh, persistent=False)  # (r, in)
         self.svf_z = nn.Parameter(z.detach().to(S.device, torch.float32, copy=True))  # (r,) float32 master copy
-        self.parametrization, self.max_mult = parametrization, max_mult
+        self.parametrization = parametrization
         self.row_sigma: torch.Tensor | None = None  # (B, r): per-row σ' overriding svf_z (mixed-expert batches)
         self.merged_weight: torch.Tensor | None = None
         self.use_base = False
@@ -110,7 +109,7 @@ class SVFLinear(nn.Module):
         return f"rank={self.S.shape[0]}, parametrization={self.parametrization!r}, mode={mode}"
 
     def sigma(self) -> torch.Tensor:
-        return sigma(self.svf_z, self.S, self.parametrization, self.max_mult)
+        return sigma(self.svf_z, self.S, self.parametrization)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -192,7 +191,7 @@ class SVFModel:
             weights = {}
             for n in self.names:
                 U, S, Vh = self.decomposition.factors(n)
-                s = sigma(expert.z[n].to(S.device), S, expert.parametrization, expert.max_mult)
+                s = sigma(expert.z[n].to(S.device), S, expert.parametrization)
                 weights[n] = compose_weight(U, s, Vh, self.base_weights[n].dtype, base=self.base_weights[n], S=S)
         if cache:
             self._store(key, weights)
@@ -249,7 +248,7 @@ class SVFModel:
 
     # -- factored mode -----------------------------------------------------------------------------------------
     @contextmanager
-    def factored(self, z: dict[str, torch.Tensor] | None = None, parametrization: str = "paper", max_mult: float = 1.0):
+    def factored(self, z: dict[str, torch.Tensor] | None = None, parametrization: str = "paper"):
         """Swap every target for an SVFLinear (only ``svf_z`` trainable); yields {name: SVFLinear}."""
         if self.active is not None:
             raise RuntimeError("remove the merged expert before entering factored mode")
@@ -257,7 +256,7 @@ class SVFModel:
         layers = {}
         for n, lin in self.linears.items():
             U, S, Vh = self.decomposition.factors(n)
-            layers[n] = SVFLinear(lin, U, S, Vh, z[n], parametrization, max_mult)
+            layers[n] = SVFLinear(lin, U, S, Vh, z[n], parametrization)
         requires = {p: p.requires_grad for p in self.model.parameters()}
         for p in requires:
             p.requires_grad_(False)

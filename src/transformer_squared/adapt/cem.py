@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from ..progress import tqdm
 
 from ..atomic import atomic_file
 from ..generation import GenerationConfig, chat_text, generate_ids
+from ..logprobs import teacher_forced, token_logprobs
+from ..progress import tqdm
 from ..svf import sigma
-from ..training.rollout import teacher_forced, token_logprobs
-from .config import FITNESSES, CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
+from .config import CEMConfig  # noqa: F401  (CEMConfig is part of this module's API)
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ class Population:
         first = experts[0]
         for e in experts:
             e.check_compatible(svf)
-            if (e.parametrization, e.max_mult) != (first.parametrization, first.max_mult):
+            if e.parametrization != first.parametrization:
                 raise ValueError(f"experts {first.name!r} and {e.name!r} use different parametrizations; cannot mix")
         self.svf, self.shots, self.task, self.config = svf, shots, task, config
-        self.parametrization, self.max_mult = first.parametrization, first.max_mult
+        self.parametrization = first.parametrization
         self.components = [e.name for e in experts]
         zs = [e.z for e in experts]
         if config.include_base:
@@ -98,7 +98,7 @@ class Population:
             a = alphas[:, :, m] if self.config.per_matrix else alphas  # (P, K)
             S = self.svf.decomposition.factors(n)[1]  # float32, on the compute device
             z = a.to(S.device, torch.float32) @ self.Z[n].to(S.device)  # (P, r): Σₖ αₖ zₖ, float32
-            out[n] = sigma(z, S, self.parametrization, self.max_mult)
+            out[n] = sigma(z, S, self.parametrization)
         return out
 
     @torch.no_grad()
@@ -109,7 +109,7 @@ class Population:
         rows = [(c, i) for c in range(P) for i in range(k)]
         correct, loglik = torch.zeros(P), torch.zeros(P)
         svf = self.svf
-        with svf.applied(None), svf.factored(parametrization=self.parametrization, max_mult=self.max_mult) as layers:
+        with svf.applied(None), svf.factored(parametrization=self.parametrization) as layers:
             try:
                 for start in range(0, len(rows), self.config.batch_rows):
                     chunk = rows[start : start + self.config.batch_rows]
@@ -143,7 +143,7 @@ class Population:
 
 
 def _default_max_new(task) -> int:
-    from ..training.evaluate import default_max_new_tokens
+    from ..evaluation import default_max_new_tokens
 
     return default_max_new_tokens(task)
 
@@ -211,7 +211,7 @@ def adapted_expert(svf, experts: list, result: CEMResult, name: str = "", descri
     parts = list(by_name.values())
     alphas = result.alpha_dict(svf.names)
     if BASE in alphas:
-        parts.append(Expert.for_model(svf, None, parts[0].parametrization, parts[0].max_mult, name=BASE))
+        parts.append(Expert.for_model(svf, None, parts[0].parametrization, name=BASE))
     weights = [alphas[e.name] for e in parts]
     meta = ExpertMeta(name=name, description=description,
                       created_by={"method": "cem", **created_by},

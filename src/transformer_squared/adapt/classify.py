@@ -11,6 +11,7 @@ weights answer — the reference code instead keeps whatever expert was loaded b
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from ..generation import GenerationConfig, generate
 from ..tasks.base import Task
@@ -96,16 +97,24 @@ class ClassifierStrategy(PromptStrategy):
         super().__init__({label: routes[label] for label in trained if label in routes}, classifier, batch_size)
 
 
-def find_classifier(library, name: str | None = None):
-    """The named classifier expert, or the library's only one (domain `dispatch`)."""
+def classifier_name(library, name: str | None = None) -> str:
+    """The named classifier expert (a library name or an expert folder), or the library's only one (domain
+    `dispatch`); checked from expert.json alone, so that a check before loading the model reads no z."""
     if name:
-        return library.get(name)
+        if not (Path(name) / "expert.json").is_file():
+            library.info(name)  # raises with the list of names
+        return name
     found = [n for n in library.names() if library.info(n).get("domain") == DISPATCH]
     if len(found) != 1:
         raise ValueError(f"{'no' if not found else 'several'} classifier experts in {library.root} "
                          f"({', '.join(found) or 'none'}): train one with t2 train --task classify, "
                          "or name it with --classifier")
-    return library.get(found[0])
+    return found[0]
+
+
+def find_classifier(library, name: str | None = None):
+    """The classifier expert `classifier_name` finds, loaded."""
+    return library.get(classifier_name(library, name))
 
 
 class ClassifyTask(Task):

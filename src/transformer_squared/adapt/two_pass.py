@@ -122,7 +122,7 @@ def evaluate_strategy(svf, tasks: list, strategy, n: int | None = 50, split: str
     `strategy` is one Strategy for the pool, or a callable task -> Strategy (e.g. a few-shot CEM per task)."""
     from ..progress import tqdm
 
-    from ..training.evaluate import default_max_new_tokens, wilson_interval
+    from ..evaluation import default_max_new_tokens, wilson_interval
 
     per_task = callable(strategy) and not hasattr(strategy, "select")
     chosen = {id(t): strategy(t) for t in tasks} if per_task else {}

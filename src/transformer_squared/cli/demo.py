@@ -94,13 +94,6 @@ def answer_table(by_strategy: dict[str, list[dict]]) -> list[str]:
 def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = False, out=sys.stdout,
              device: str = "auto", dtype: str = "auto") -> int:
     from ..experts import ExpertLibrary
-    from ..svf import load_svf
-    from ..tasks import get_task
-    from ..adapt import build_strategy
-    from ..adapt.cem import CEMConfig, FewShotStrategy
-    from ..adapt.classify import ClassifyTask
-    from ..adapt.routes import answer_experts
-    from ..adapt.two_pass import FixedStrategy, evaluate_strategy
 
     def log(*parts):
         print(*parts, file=out, flush=True)
@@ -108,10 +101,31 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     t_start = time.perf_counter()
     workdir = Path(workdir) if workdir else default_workdir()
     library, runs = ExpertLibrary(workdir / "experts"), workdir / "runs"
+    svf = _load_model(model, workdir, device, dtype, log)
+    _train_experts(svf, library, runs, retrain, log)
+    reports, routes = _answer_mixed_set(svf, library, n, log)
+    unseen_rows, alpha = _adapt_to_unseen(svf, library, routes, reports["base"], n, retrain, log)
+    _print_results(reports, unseen_rows, alpha, n, log)
+    log(f"\nDone in {time.perf_counter() - t_start:.0f} s.")
+    for line in next_steps(library.root):
+        log(line)
+    return 0
+
+
+def _load_model(model: str, workdir: Path, device: str, dtype: str, log):
+    """[1/4] The model and its SVD."""
+    from ..svf import load_svf
+
     log(f"[1/4] loading {model} and its SVD (cached after the first run); work folder {workdir}")
     svf = load_svf(model, device=device, dtype=dtype)
     log(f"  precision: {svf.precision.describe()}" + (" (auto: the fastest safe choice here)" if dtype == "auto" else ""))
     log(f"  {len(svf.names)} MLP matrices, {svf.num_z():,} singular values = the size of one expert")
+    return svf
+
+
+def _train_experts(svf, library, runs: Path, retrain: bool, log) -> None:
+    """[2/4] The task experts, then the classifier expert over them; each trained once, then cached."""
+    from ..adapt.classify import ClassifyTask
 
     log("[2/4] experts (trained once, then cached)")
     for name, fields in EXPERT_RUNS.items():
@@ -125,6 +139,14 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     else:
         log(f"  dispatcher: cached ({library.info('dispatcher')['metrics'].get('valid_accuracy', 0):.0%} valid)")
 
+
+def _answer_mixed_set(svf, library, n: int, log) -> tuple[dict, dict]:
+    """[3/4] The mixed set answered by the base and each routing strategy: ({strategy: report}, routes)."""
+    from ..adapt import build_strategy
+    from ..adapt.routes import answer_experts
+    from ..adapt.two_pass import evaluate_strategy
+    from ..tasks import get_task
+
     tasks = [get_task(t) for t in DEMO_TASKS]
     routes = answer_experts(library)
     log(f"[3/4] answering {n} test prompts of each of {', '.join(DEMO_TASKS)} ({UNSEEN} has no expert)")
@@ -134,6 +156,15 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
         reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes)
     for line in answer_table({name: r.records for name, r in reports.items()}):
         log(line)
+    return reports, routes
+
+
+def _adapt_to_unseen(svf, library, routes: dict, base_report, n: int, retrain: bool, log) -> tuple[dict, dict]:
+    """[4/4] Few-shot CEM on the unseen task (cached), then the unseen task under the base, each single expert and
+    the CEM mixture: ({row: report}, the mixture's α)."""
+    from ..adapt.cem import CEMConfig, FewShotStrategy
+    from ..adapt.two_pass import FixedStrategy, evaluate_strategy
+    from ..tasks import get_task
 
     log(f"[4/4] few-shot CEM on {UNSEEN} from {SHOTS} training examples (mixing "
         f"{', '.join(e.name for e in routes.values())} and the base)")
@@ -141,17 +172,20 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
     cem_name = f"cem-{UNSEEN}"
     if retrain or not _cached(library, cem_name, svf):
         fewshot = FewShotStrategy(list(routes.values()), unseen, SHOTS, CEMConfig(**CEM_RUN), progress=True)
-        expert = fewshot.adapt(svf)
-        library.add(expert, cem_name, overwrite=True)
-    unseen_rows = {"base": reports["base"]}
+        library.add(fewshot.adapt(svf), cem_name, overwrite=True)
+    rows = {"base": base_report}
     for expert in routes.values():
-        unseen_rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n,
-                                                                  batch_size=32, progress=False)
+        rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n, batch_size=32,
+                                                          progress=False)
     cem_expert = library.get(cem_name)
-    unseen_rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n,
-                                                   batch_size=32, progress=False)
+    rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n, batch_size=32,
+                                            progress=False)
     alpha = {k: round(v, 2) for k, v in (cem_expert.meta.alpha or {}).items() if isinstance(v, float)}
+    return rows, alpha
 
+
+def _print_results(reports: dict, unseen_rows: dict, alpha: dict, n: int, log) -> None:
+    """The table: per-task accuracy, dispatch and overhead of each strategy; then the unseen task's rows."""
     log("\nResults (accuracy on the mixed set; dispatch = pass 1 picked the expert of the task's domain — "
         f"arithmetic for {UNSEEN}; overhead = pass-1 time / pass-2 time)")
     log(f"  {'strategy':12} " + " ".join(f"{t:>12}" for t in DEMO_TASKS) + f" {'all':>6} {'dispatch':>9} {'overhead':>9}")
@@ -165,10 +199,6 @@ def run_demo(model: str = "default", workdir=None, n: int = 8, retrain: bool = F
         task_report = next(t for t in r.tasks if t.task == UNSEEN)
         log(f"  {name:22} {task_report.accuracy:>6.0%}")
     log(f"  CEM α: {alpha}")
-    log(f"\nDone in {time.perf_counter() - t_start:.0f} s.")
-    for line in next_steps(library.root):
-        log(line)
-    return 0
 
 
 def next_steps(root: Path) -> list[str]:

@@ -131,9 +131,9 @@ def resume_out(args) -> None:
 def check_strategy_inputs(args, library) -> None:
     """Fail on a missing classifier or an unusable encoder before a model is loaded (the encoder is kept)."""
     if args.strategy == "classifier":
-        from ..adapt.classify import find_classifier
+        from ..adapt.classify import classifier_name
 
-        find_classifier(library, args.classifier)
+        classifier_name(library, args.classifier)
     elif args.strategy == "embedding":
         from ..adapt.embedding import shared_encoder
 

@@ -72,14 +72,15 @@ def train_cmd(args: argparse.Namespace) -> int:
 
     resume_out(args)
     saved: dict = {}
+    state = None  # the checkpoint, read once here and handed to train_expert
     if args.resume:  # the checkpoint carries the run's config; only --steps may change
         cfg = TrainConfig(out=args.out, run_dir=args.run_dir, steps=args.steps or 1)
         ckpt = cfg.resolved_run_dir() / "checkpoint.pt"
         if ckpt.is_file():
             import torch
 
-            # only the config is needed here: mmap leaves the tensors unread (train_expert loads the checkpoint)
-            saved = torch.load(ckpt, weights_only=False, mmap=True)["config"]
+            state = torch.load(ckpt, weights_only=False)
+            saved = state["config"]
             cfg.steps = args.steps or saved["steps"]
             cfg.method = args.method or saved["method"]  # a --method that differs from the run's is refused
         elif args.run_dir is None and (old := Path("runs") / Path(args.out).name / "checkpoint.pt").is_file():
@@ -95,7 +96,7 @@ def train_cmd(args: argparse.Namespace) -> int:
         task = ClassifyTask(ExpertLibrary(saved.get("library", cfg.library)))
     else:
         task = load_task(saved.get("task", cfg.task), saved.get("data", cfg.data), "train")
-    result = train_expert(cfg, resume=bool(args.resume), progress=not args.quiet, task=task)
+    result = train_expert(cfg, resume=bool(args.resume), progress=not args.quiet, task=task, state=state)
     print(f"best valid accuracy {result.best_valid:.1%} at step {result.best_step}/{result.steps}; "
           f"{result.num_trainable:,} trainable parameters; {result.seconds:.0f} s")
     print(f"saved {result.out} (run: {cfg.resolved_run_dir()})")
@@ -105,7 +106,7 @@ def train_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from ..training.evaluate import evaluate, write_results
+    from ..evaluation import evaluate, write_results
 
     cfg = config_from_args(args, EvalConfig)
     if cfg.strategy or cfg.tasks:
@@ -191,7 +192,7 @@ def eval_strategy_cmd(cfg: EvalConfig) -> int:
     print(f"{strategy_name}: all {report.accuracy:.1%}" + ("" if dispatch is None else f", dispatch {dispatch:.1%}")
           + f"; pass 1 {report.pass1_s:.1f} s, pass 2 {report.pass2_s:.1f} s (overhead {report.overhead:.2f}x)")
     if cfg.out:
-        from ..training.evaluate import write_results
+        from ..evaluation import write_results
 
         path = write_results(report, cfg.out, cfg.label or f"{'+'.join(names)}_{strategy_name}")
         print(f"wrote {path} and {path.with_suffix('.jsonl')}")

@@ -39,7 +39,6 @@ class ExpertMeta:
     fingerprint: str = ""  # content hash of the targeted base weights (see svd.weight_fingerprints)
     targets: str = "mlp"  # the target spec used (preset or regex)
     parametrization: str = "paper"
-    max_mult: float = 1.0  # `reference` parametrization only
     domain: str = ""  # label used by self-adaptation ("math", "code", ...)
     description: str = ""
     created_by: dict = field(default_factory=dict)  # {"method": "train"|"mix"|"cem"|"random"|..., ...}
@@ -74,13 +73,14 @@ class Expert:
 
     name = property(lambda self: self.meta.name)
     parametrization = property(lambda self: self.meta.parametrization)
-    max_mult = property(lambda self: self.meta.max_mult)
 
     @property
     def key(self) -> str:
         if self._key is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(f"{self.meta.parametrization}|{self.meta.max_mult}".encode())
+            # "|1.0" is the max_mult every key hashed before that constant (it cancels) was dropped: keys stay as
+            # they were for the experts that kept the default, which the expert memory's records name
+            h.update(f"{self.meta.parametrization}|1.0".encode())
             for n in sorted(self.z):
                 h.update(n.encode())
                 h.update(self.z[n].numpy().data)
@@ -108,7 +108,7 @@ class Expert:
             return
         self.validate()
         missing = sorted(set(self.z) - set(svf.names))
-        if missing or set(self.z) != set(svf.names):
+        if set(self.z) != set(svf.names):
             raise ExpertError(
                 f"expert {self.name!r} adapts {len(self.z)} matrices ({self.meta.targets!r}) but the model was "
                 f"decomposed for {len(svf.names)} (e.g. {(missing or sorted(set(svf.names) - set(self.z)))[0]}); "
@@ -148,13 +148,13 @@ class Expert:
 
     @classmethod
     def for_model(cls, svf, z: dict[str, torch.Tensor] | None = None, parametrization: str = "paper",
-                  max_mult: float = 1.0, **meta) -> "Expert":
+                  **meta) -> "Expert":
         """An expert bound to `svf`'s weights; z defaults to the identity (reproduces the base)."""
         z = z if z is not None else svf.init_z(parametrization)
         precision = getattr(svf, "precision", None)
         made_with = {"dtype": precision.dtype_name, "device": precision.device.type} if precision else {}
         m = ExpertMeta(base_model=svf.model_id, fingerprint=combine_fingerprints(svf.decomposition.fingerprints, list(z)),
-                       targets=svf.targets, parametrization=parametrization, max_mult=max_mult, **{**made_with, **meta})
+                       targets=svf.targets, parametrization=parametrization, **{**made_with, **meta})
         return cls(z, m)
 
     @classmethod
@@ -173,7 +173,7 @@ class Expert:
             raise ExpertError(f"{meta_path} is corrupt (not an expert.json object); re-create the expert")
         if raw.get("schema_version", 0) > SCHEMA_VERSION:
             raise ExpertError(f"{folder} uses schema {raw['schema_version']}; upgrade transformer-squared")
-        known = ExpertMeta.__dataclass_fields__
+        known = ExpertMeta.__dataclass_fields__  # drops what older versions recorded, e.g. max_mult (svf.py: it cancels)
         meta = ExpertMeta(**{k: v for k, v in raw.items() if k in known})
         try:
             z = load_file(str(z_path))
@@ -194,7 +194,7 @@ def mix(experts: list[Expert], alphas: list[float | dict[str, float]], meta: Exp
     for e in experts[1:]:
         if set(e.z) != set(first.z) or e.meta.fingerprint != first.meta.fingerprint:
             raise ExpertError(f"cannot mix {first.name!r} and {e.name!r}: made for different matrices or weights")
-        if e.parametrization != first.parametrization or e.max_mult != first.max_mult:
+        if e.parametrization != first.parametrization:
             raise ExpertError(f"cannot mix {first.name!r} ({first.parametrization}) and {e.name!r} ({e.parametrization})")
     for e, a in zip(experts, alphas):
         values = a.values() if isinstance(a, dict) else [a]
@@ -208,7 +208,7 @@ def mix(experts: list[Expert], alphas: list[float | dict[str, float]], meta: Exp
     meta = meta or ExpertMeta()
     meta.base_model = meta.base_model or first.meta.base_model
     meta.fingerprint, meta.targets = first.meta.fingerprint, first.meta.targets
-    meta.parametrization, meta.max_mult = first.parametrization, first.max_mult
+    meta.parametrization = first.parametrization
     meta.alpha = {e.name: a for e, a in zip(experts, alphas)}
     meta.created_by = meta.created_by or {"method": "mix"}
     return Expert(z, meta, components=list(zip(experts, alphas)))

@@ -40,7 +40,7 @@ def layer_norms(d: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def comparable(a, b) -> bool:
     return (a.meta.fingerprint == b.meta.fingerprint and set(a.z) == set(b.z)
-            and a.parametrization == b.parametrization and a.max_mult == b.max_mult)
+            and a.parametrization == b.parametrization)
 
 
 def cosine(da: dict[str, torch.Tensor], db: dict[str, torch.Tensor]) -> float | None:

@@ -164,7 +164,7 @@ class Batch:
         for name, layer in self.layers.items():
             layer.merged_weight = None
             layer.row_sigma = torch.stack([layer.S if r.expert is None else sigma(
-                r.expert.z[name].to(layer.S.device), layer.S, r.expert.parametrization, r.expert.max_mult) for r in rows])  # (B, r)
+                r.expert.z[name].to(layer.S.device), layer.S, r.expert.parametrization) for r in rows])  # (B, r)
         self._row_sigma_for = list(rows)
 
     # -- decoding ---------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from .base import Example, Task, hub_dataset, read_jsonl, role_file
-from .rewards import extract_letter
+from .base import Example, Task, hub_dataset, read_jsonl, role_file, split_alternate
+from .rewards import extract_letter, score_letter
 
 LETTERS = "ABCDEFGHIJ"
 INSTRUCTION = "Answer with the letter of the correct option only."
@@ -132,7 +132,7 @@ class ArcTask(Task):
         self.check_split(split)
         records = self.upstream("train" if split in ("train", "valid") else split)
         if split in ("train", "valid"):
-            records = records[0::2] if split == "train" else records[1::2]
+            records = split_alternate(records, split)
         return [arc_example(record, self.answer_format) for record in records]
 
     def extract(self, completion: str, labels: Sequence[str] = LETTERS[:5]) -> str | None:
@@ -143,7 +143,9 @@ class ArcTask(Task):
         return given_label(completion, example)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(given_label(completion, example) == example["answer"])
+        if example.get("answer_format") == "text":
+            return float(given_label(completion, example) == example["answer"])
+        return score_letter(completion, example["answer"], example["labels"])  # the "letter" reward's rule
 
     def augment(self, example: Example, rng: random.Random) -> Example:
         """Shuffle the options and relabel them A, B, C, ...; the answer follows its option."""

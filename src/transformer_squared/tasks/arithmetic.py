@@ -16,7 +16,7 @@ import operator
 import random
 
 from .base import Example, Task
-from .rewards import normalize_number, stated_result
+from .rewards import score_stated_result, stated_result
 
 OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 NAMES = {"+": "addition", "-": "subtraction", "*": "multiplication"}
@@ -64,7 +64,7 @@ class ArithmeticTask(Task):
         return stated_result(completion)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(self.extract(completion) == normalize_number(str(example["answer"])))
+        return score_stated_result(completion, example["answer"])
 
 
 class SubtractionTask(ArithmeticTask):

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from .base import Example, Task, hub_dataset, read_jsonl, role_file
-from .rewards import last_number, normalize_number
+from .base import Example, Task, hub_dataset, read_jsonl, role_file, split_alternate
+from .rewards import last_number, normalize_number, score_exact_number
 
 INSTRUCTION = 'Solve the problem step by step. End your reply with the final answer on its own line as "#### <number>".'
 FILES = {"train": "train.jsonl", "test": "test.jsonl"}
@@ -49,11 +49,11 @@ class GSM8KTask(Task):
         self.check_split(split)
         records = self.upstream("test" if split == "test" else "train")
         if split != "test":
-            records = records[0::2] if split == "train" else records[1::2]
+            records = split_alternate(records, split)
         return [gsm8k_example(record) for record in records]
 
     def extract(self, completion: str) -> str | None:
         return last_number(completion)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(self.extract(completion) == normalize_number(str(example["answer"])))
+        return score_exact_number(completion, example["answer"])

@@ -144,8 +144,8 @@ class Judge:
     def __init__(self, limits=None, hide: Sequence[str | Path] = ()):
         from ..sandbox import SandboxLimits
 
-        # The wall clock is generous (a loaded machine must not fail slow honest solutions, e.g. MBPP 123 takes
-        # 3 s of CPU); RLIMIT_CPU still ends a busy loop after cpu_s.
+        # The wall clock is generous (a loaded machine must not fail slow honest solutions: some MBPP references
+        # take seconds of CPU); RLIMIT_CPU still ends a busy loop after cpu_s.
         self.limits = limits or SandboxLimits(timeout_s=30.0, output_bytes=4 << 20)
         self.hide = tuple(str(p) for p in hide)
 

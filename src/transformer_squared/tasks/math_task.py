@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from .base import Example, Task, hub_dataset, read_jsonl, split_by_index
-from .rewards import boxed_answer, math_answer, same_math_answer
+from .rewards import boxed_answer, math_answer, score_boxed
 
 INSTRUCTION = "Solve the problem step by step and put the final answer in \\boxed{}."
 HINT = "a MATH folder with train/ and test/, or a .jsonl file"
@@ -69,4 +69,4 @@ class MathTask(Task):
         return math_answer(completion)
 
     def score(self, completion: str, example: Example) -> float:
-        return float(same_math_answer(self.extract(completion), example["answer"]))
+        return score_boxed(completion, example["answer"])

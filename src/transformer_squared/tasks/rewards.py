@@ -1,8 +1,10 @@
 """Answer extraction and TRL-style rewards, shared by the tasks.
 
-Two kinds of functions live here:
+Three kinds of functions live here:
 - pure extractors over a completion's text: `first_number`, `last_number`, `stated_result`, `boxed_answer`,
   `math_answer`, `normalize_math_answer`, `extract_letter`, `extract_code`;
+- scorers, one per rule, `(completion text, gold) -> 1.0 | 0.0`: `score_exact_number`, `score_stated_result`,
+  `score_boxed`, `score_letter`. The built-in tasks' `score()` and the rewards below both call them;
 - rewards with the TRL signature `(prompts, completions, **columns) -> list[float]`, registered by name in
   `tasks.base.REWARDS`. Columns are lists aligned with `completions` (e.g. `answer=[...]`); a completion may be a
   string or, as TRL passes conversational data, a list of chat messages (the last message's content is scored).
@@ -194,37 +196,60 @@ def _column(name: str, values: Sequence[Any] | None, n: int) -> Sequence[Any]:
     return values
 
 
-def exact_number_reward(prompts: list, completions: list, answer: list | None = None, **_: Any) -> list[float]:
+def gold_number(answer: Any, pick=last_number) -> str:
+    """The gold number of an answer column, normalised: `pick`'s number of its text ("#### 42" -> 42), else the text."""
+    return pick(str(answer)) or str(answer).strip()
+
+
+# One scorer per rule, (completion text, gold) -> 1.0 | 0.0: the built-in tasks' `score()` and the registered rewards
+# both call these, so a task and its reward never disagree.
+
+
+def score_exact_number(completion: str, answer: Any) -> float:
     """1.0 where the completion's last number equals the gold number (GSM8K), else 0.0."""
+    return float(last_number(completion) == gold_number(answer))
+
+
+def score_stated_result(completion: str, answer: Any) -> float:
+    """1.0 where the reply's stated result (see `stated_result`) equals the gold number (arithmetic), else 0.0."""
+    return float(stated_result(completion) == gold_number(answer, first_number))
+
+
+def score_boxed(completion: str, answer: Any) -> float:
+    """1.0 where the boxed answer (else last number) equals the gold answer after normalisation (MATH), else 0.0."""
+    return float(same_math_answer(math_answer(completion), str(answer)))
+
+
+def score_letter(completion: str, answer: Any, labels: Sequence[str] | str = "ABCDE") -> float:
+    """1.0 where the option letter picked among `labels` is the gold letter (ARC); no letter found scores 0.0."""
+    return float(extract_letter(completion, labels) == answer)
+
+
+def exact_number_reward(prompts: list, completions: list, answer: list | None = None, **_: Any) -> list[float]:
+    """`score_exact_number` per completion (GSM8K)."""
     answer = _column("answer", answer, len(completions))
-    return [
-        float(last_number(completion_text(c)) == (last_number(str(a)) or str(a).strip()))
-        for c, a in zip(completions, answer)
-    ]
+    return [score_exact_number(completion_text(c), a) for c, a in zip(completions, answer)]
 
 
 def first_number_reward(prompts: list, completions: list, answer: list | None = None, **_: Any) -> list[float]:
-    """1.0 where the reply's stated result (see `stated_result`) equals the gold number (arithmetic), else 0.0."""
+    """`score_stated_result` per completion (arithmetic)."""
     answer = _column("answer", answer, len(completions))
-    return [
-        float(stated_result(completion_text(c)) == (first_number(str(a)) or str(a).strip()))
-        for c, a in zip(completions, answer)
-    ]
+    return [score_stated_result(completion_text(c), a) for c, a in zip(completions, answer)]
 
 
 def boxed_reward(prompts: list, completions: list, answer: list | None = None, **_: Any) -> list[float]:
-    """1.0 where the completion's boxed answer (else last number) equals the gold answer after normalisation (MATH)."""
+    """`score_boxed` per completion (MATH)."""
     answer = _column("answer", answer, len(completions))
-    return [float(same_math_answer(math_answer(completion_text(c)), str(a))) for c, a in zip(completions, answer)]
+    return [score_boxed(completion_text(c), a) for c, a in zip(completions, answer)]
 
 
 def letter_reward(
     prompts: list, completions: list, answer: list | None = None, labels: list | None = None, **_: Any
 ) -> list[float]:
-    """1.0 where the extracted option letter is the gold letter (ARC); no letter found scores 0.0."""
+    """`score_letter` per completion (ARC, letter format); `labels` defaults to A-E."""
     answer = _column("answer", answer, len(completions))
     labels = labels or ["ABCDE"] * len(completions)
-    return [float(extract_letter(completion_text(c), ls) == a) for c, a, ls in zip(completions, answer, labels)]
+    return [score_letter(completion_text(c), a, ls) for c, a, ls in zip(completions, answer, labels)]
 
 
 def unit_tests_reward(

@@ -13,6 +13,7 @@ from ..config import device_option, dtype_option, option
 
 OBJECTIVES = ("reinforce", "rloo", "grpo", "sft")
 METHODS = ("svf", "lora")
+LOSS_NORMS = ("sequence", "token")  # grpo's normalisers (training/objectives.py)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class TrainConfig:
                     raise ValueError(f"--{name.replace('_', '-')} applies to --objective grpo only")
         if not 0 < self.clip_eps < 1:
             raise ValueError(f"--clip-eps must be in (0, 1), got {self.clip_eps}")
-        if self.loss_norm not in ("sequence", "token"):
+        if self.loss_norm not in LOSS_NORMS:
             raise ValueError(f"--loss-norm {self.loss_norm!r}: choose sequence or token")
         if self.minibatches > self.batch_size:
             raise ValueError(f"--minibatches {self.minibatches} exceeds --batch-size {self.batch_size}: "
@@ -97,9 +98,11 @@ class TrainConfig:
             raise ValueError("--lora-rank must be at least 1")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError("--lora-dropout must be in [0, 1)")
-        if self.parametrization not in ("paper", "reference"):
-            raise ValueError("--parametrization: choose paper or reference")
         from ..precision import DTYPE_CHOICES
+        from ..svf import PARAMETRIZATIONS
+
+        if self.parametrization not in PARAMETRIZATIONS:
+            raise ValueError(f"--parametrization: choose one of {', '.join(PARAMETRIZATIONS)}")
 
         if self.dtype not in DTYPE_CHOICES:
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPE_CHOICES)}")

@@ -124,8 +124,8 @@ class World:
 
 
 def evaluate_sharded(world: World, model, tokenizer, task, examples: list[dict], **kwargs):
-    """training.evaluate.evaluate over `examples`, split over ranks; the gathered EvalResult on every rank."""
-    from .evaluate import EvalResult, evaluate, wilson_interval
+    """evaluation.evaluate over `examples`, split over ranks; the gathered EvalResult on every rank."""
+    from ..evaluation import EvalResult, evaluate, wilson_interval
 
     local = evaluate(model, tokenizer, task, examples=examples[world.shard(len(examples))], **kwargs)
     if world.size == 1:

@@ -58,8 +58,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..logprobs import Rollout, token_logprobs
 from .objectives import clipped_policy_loss, group_advantages, token_weights
-from .rollout import Rollout, sample, token_logprobs
+from .rollout import sample
 
 
 @dataclass

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import torch
 
-OBJECTIVES = ("reinforce", "rloo", "grpo", "sft")
+from .config import LOSS_NORMS  # the names live with the flags, in the torch-free config module
+
 GROUP_EPS = 1e-4  # added to the group std (TRL uses the same)
-LOSS_NORMS = ("sequence", "token")
 
 
 def sequence_mean(token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

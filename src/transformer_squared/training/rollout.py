@@ -1,12 +1,6 @@
-"""Rollouts and log-probabilities.
-
-A rollout batch keeps the layout `generate` produces: [left-padded prompt | completion, right-padded], so every
-completion starts at the same column P, and the LM head runs only on the completion columns.
-
-Groups share their prompt. With K samples per prompt, the prompt is run once per group — in sampling and in the
-log-prob forward (with gradient) alike — and its key/value cache is repeated K times before the completions are
-run on top of it. This is exact (the same computation, de-duplicated) and removes (K−1)/K of the prompt work,
-which is most of the work for short answers: SmolLM2's chat template alone adds ~30 prompt tokens.
+"""Sampling rollouts for training: `group_size` completions per prompt, in the `Rollout` layout of logprobs.py
+(whose `token_logprobs` the objectives train on). As there, a group's prompt is prefilled once and its cache
+repeated K times.
 
 Seeded sampling. Given one seed per row, `sample` draws each token by the Gumbel-max trick from that row's own
 generator, token = argmax(logits / T + G) with G = −log(−log u), u ~ U(0, 1) — an exact sample of
@@ -17,47 +11,10 @@ over processes. Without seeds, sampling uses the global torch generator as befor
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-
 import torch
 
 from ..generation import chat_text, encode
-
-
-@dataclass
-class Rollout:
-    input_ids: torch.Tensor  # (N, P + C) prompt (left-padded) + completion (right-padded)
-    attention_mask: torch.Tensor  # (N, P + C)
-    completion_mask: torch.Tensor  # (N, C) 1 on completion tokens up to and including eos
-    prompt_len: int  # P
-    completions: list[str]
-    group_size: int = 1  # K: rows i*K .. i*K+K-1 share one prompt
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def to(self, device) -> "Rollout":
-        """The same rollout with its tensors on `device` (a no-op when they are there already)."""
-        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.completion_mask.to(device),
-                       self.prompt_len, self.completions, self.group_size)
-
-    def rows(self, sl: slice) -> "Rollout":
-        return Rollout(self.input_ids[sl], self.attention_mask[sl], self.completion_mask[sl], self.prompt_len,
-                       self.completions[sl], self.group_size)
-
-    def groups(self, index: list[int]) -> "Rollout":
-        """The rollout of the given groups (prompts), in that order; each group keeps its K rows together."""
-        K = self.group_size
-        rows = torch.tensor([g * K + k for g in index for k in range(K)], dtype=torch.long)
-        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.completion_mask[rows], self.prompt_len,
-                       [self.completions[i] for i in rows.tolist()], K)
-
-    def chunks(self, max_tokens: int = 8192) -> list[slice]:
-        """Row slices of about `max_tokens` tokens each, whole groups only (bounds the logits in memory)."""
-        K = self.group_size
-        step = max(1, max_tokens // (self.input_ids.shape[1] * K)) * K
-        return [slice(i, i + step) for i in range(0, len(self), step)]
+from ..logprobs import Rollout, cache_kwarg, prefill
 
 
 def _completion_mask(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
@@ -67,24 +24,6 @@ def _completion_mask(new: torch.Tensor, eos_id: int | None) -> torch.Tensor:
     is_eos = (new == eos_id).int()
     after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # strictly after the first eos
     return (~after_eos).float()
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
-
-
-def _cache_kw(model) -> str:
-    """transformers 5 renamed `past_key_values` to `cache`; accept both."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps the model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
-
-
-def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
-    """Run the prompt once per group; returns (cache repeated K times, logits of the last prompt position)."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    cache.batch_repeat_interleave(repeats)
-    return cache, out.logits[:, -1].repeat_interleave(repeats, dim=0)  # (N, V)
 
 
 class RowGumbel:
@@ -110,7 +49,7 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
     ids, mask, K = batch["input_ids"], batch["attention_mask"], group_size
     kwargs = {}
     if K > 1 and ids.shape[1] > 1:  # prefill all but the last prompt token once per group; generate does the rest
-        kwargs[_cache_kw(model)], _ = _prefill(model, ids[:, :-1], mask[:, :-1], K)
+        kwargs[cache_kwarg(model)], _ = prefill(model, ids[:, :-1], mask[:, :-1], K)
     ids, mask = ids.repeat_interleave(K, dim=0), mask.repeat_interleave(K, dim=0)
     greedy = temperature <= 0
     if seeds is not None and not greedy:
@@ -129,36 +68,3 @@ def sample(model, tokenizer, prompts: list, max_new_tokens: int, temperature: fl
     attention = torch.cat([mask, cmask.long()], dim=1)
     completions = [tokenizer.decode(row[m.bool()], skip_special_tokens=True) for row, m in zip(new, cmask)]
     return Rollout(out, attention, cmask, P, completions, K)
-
-
-def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str | None = None) -> Rollout:
-    """A rollout built from given completions (SFT targets), eos appended, in the same layout."""
-    texts = [chat_text(tokenizer, p, system) for p in prompts]
-    batch = encode(tokenizer, texts)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in completions]
-    C = max(len(x) for x in ids)
-    pad = tokenizer.pad_token_id
-    new = torch.tensor([x + [pad] * (C - len(x)) for x in ids])
-    cmask = torch.tensor([[1.0] * len(x) + [0.0] * (C - len(x)) for x in ids])
-    return Rollout(torch.cat([batch["input_ids"], new], 1), torch.cat([batch["attention_mask"], cmask.long()], 1),
-                   cmask, batch["input_ids"].shape[1], list(completions))
-
-
-def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
-    """log π(token | prefix) for every completion token: (N, C), zero where completion_mask is 0."""
-    rollout = rollout.to(model.device)
-    P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
-    target = rollout.input_ids[:, P:]  # (N, C)
-    if K == 1:
-        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                       position_ids=_positions(rollout.attention_mask), logits_to_keep=C + 1,
-                       use_cache=False).logits[:, :-1]  # (N, C, V): predicts columns P..P+C-1
-    else:
-        cache, first = _prefill(model, rollout.input_ids[::K, :P], rollout.attention_mask[::K, :P], K)
-        rest = model(input_ids=target, attention_mask=rollout.attention_mask,
-                     position_ids=_positions(rollout.attention_mask)[:, P:], use_cache=True,
-                     **{_cache_kw(model): cache}).logits[:, :-1]  # (N, C-1, V)
-        logits = torch.cat([first.unsqueeze(1), rest], dim=1)  # (N, C, V)
-    logp = torch.log_softmax(logits.float(), dim=-1)  # float32 whatever the compute dtype (precision.py)
-    return logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * rollout.completion_mask

@@ -20,17 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from ..progress import tqdm
 
 from ..atomic import atomic_file, atomic_folder
 from ..errors import MissingDependency
+from ..evaluation import default_max_new_tokens
+from ..logprobs import teacher_forced, token_logprobs
+from ..progress import tqdm
 from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
 from .distributed import current as current_world, evaluate_sharded
-from .evaluate import default_max_new_tokens
 from .grpo import grpo_step
 from .objectives import advantages, policy_loss, sft_loss
-from .rollout import sample, teacher_forced, token_logprobs
+from .rollout import sample
 
 
 @dataclass
@@ -85,25 +86,18 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise ValueError(f"--out {out} already exists; pass --resume to continue its run or --overwrite to replace it")
 
 
-def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None) -> TrainResult:
-    """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model."""
+def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None,
+                 state: dict | None = None) -> TrainResult:
+    """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model;
+    `state`: the run's checkpoint when the caller has read it already (resuming reads it once)."""
     world = current_world()
-    if cfg.batch_size < world.size:
-        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes; give each a prompt")
-    if cfg.objective == "grpo" and world.size > 1:
-        raise ValueError("--objective grpo runs in one process only (its updates within a step are not split over "
-                         "ranks yet); run it without torchrun, or use rloo, reinforce or sft under torchrun")
-    progress = progress and world.is_main
+    _check_world(cfg, world)
     run_dir = cfg.resolved_run_dir()
     ckpt_path = run_dir / "checkpoint.pt"
-    state = None
     check_run_owner(run_dir, cfg)
     if resume:
-        if not ckpt_path.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
-        state = torch.load(ckpt_path, weights_only=False)
-        saved = TrainConfig(**{**state["config"], "steps": cfg.steps})  # the run's own config; steps may grow
-        cfg = saved
+        state = state if state is not None else _read_checkpoint(ckpt_path)
+        cfg = TrainConfig(**{**state["config"], "steps": cfg.steps})  # the run's own config; steps may grow
     _check_out(cfg, resume)
     task = task if task is not None else get_task(cfg.task, cfg.data)
     train_set, valid_set = task.examples("train"), task.examples("valid")[: cfg.valid_n]
@@ -114,27 +108,12 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     policy, handle = _build_policy(cfg, svf)
     model, tokenizer = policy.model, policy.tokenizer
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, best, best_step = 0, -1.0, -1
-    if state is not None:
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, best, best_step = state["step"], state["best_valid"], state["best_step"]
-    inner = state.get("grpo") if state is not None else None  # a GRPO step interrupted between updates
-
-    metrics_path = run_dir / "metrics.jsonl"
-    log = writer = None
-    if world.is_main:  # rank 0 alone writes
-        run_dir.mkdir(parents=True, exist_ok=True)
-        history = _read_metrics(metrics_path) if metrics_path.exists() else []
-        history = [h for h in history if h["step"] <= start] if resume else []  # drop what the checkpoint did not keep
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-        log = metrics_path.open("a")
-        writer = _tensorboard(run_dir) if cfg.tensorboard else None
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "owner": cfg.owner()}, indent=2) + "\n")
+    start, best, best_step, inner = _restore(state, policy, optimizer)
+    run_log = _RunLog(run_dir, cfg, start, resume) if world.is_main else None  # rank 0 alone writes
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"train {cfg.method}/{task.name}",
-               disable=not progress)
+               disable=not (progress and world.is_main))
     try:
         for step in bar:
             rng = random.Random(f"{cfg.seed}:{step}")
@@ -145,57 +124,115 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
                 save = lambda inner, step=step: _checkpoint(ckpt_path, cfg, policy, optimizer, step, best, best_step,
                                                             inner)
                 record = grpo_step(cfg, policy, task, batch, max_new, optimizer, step, save, inner)
-            else:
-                seeds = [random.Random(f"{cfg.seed}:{step}:{i}:{k}").randrange(2**63) for i in range(len(batch))
-                         for k in range(cfg.group_size)]  # per sample, never per rank
-                mine = world.shard(len(batch))
-                K = cfg.group_size
-                record = _step(cfg, policy, model, tokenizer, task, batch[mine], max_new, optimizer, world,
-                               seeds[mine.start * K : mine.stop * K], objective)
+            else:  # sample → reward → loss → step, on this rank's share of the batch
+                mine, seeds = _share(cfg, world, batch, step)
+                record = _step(cfg, policy, model, tokenizer, task, mine, max_new, optimizer, world, seeds, objective)
             record.update(step=step + 1, seconds=round(time.perf_counter() - t0, 2))
             if (step + 1) % cfg.valid_every == 0 or step + 1 == cfg.steps:
-                with policy.sampling():
-                    result = evaluate_sharded(world, model, tokenizer, task, valid_set, max_new_tokens=max_new,
-                                              progress=False)
-                record["valid_accuracy"] = result.accuracy
-                if result.answers:
-                    record["valid_answers"] = result.answers
-                if result.accuracy > best:
-                    best, best_step = result.accuracy, step + 1
-                    if world.is_main:
-                        _save_artifact(cfg, policy, handle, task, {
-                            "valid_accuracy": best, "valid_ci95": list(result.ci95), "valid_n": result.n,
-                            "step": best_step, "trainable_params": policy.num_trainable(), "answers": result.answers})
-            if log is not None:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if writer is not None:
-                for k, v in record.items():
-                    if isinstance(v, (int, float)):
-                        writer.add_scalar(k, v, step + 1)
+                best, best_step = _validate(cfg, world, policy, handle, task, valid_set, max_new, record, best,
+                                            best_step)
+            if run_log is not None:
+                run_log.write(record)
             bar.set_postfix({k: f"{record[k]:.3f}" for k in ("reward", "nll", "valid_accuracy") if k in record})
             if world.is_main and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
                 _checkpoint(ckpt_path, cfg, policy, optimizer, step + 1, best, best_step)
     finally:
-        if log is not None:
-            log.close()
-        if writer is not None:
-            writer.close()
+        if run_log is not None:
+            run_log.close()
         num = policy.num_trainable()
         policy.close()
     world.barrier()  # the expert and checkpoint are complete before any rank returns
     if world.is_main:
-        plot_metrics(metrics_path, run_dir / "plot.png")
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "plot.png")
         if cfg.method == "svf" and best_step > 0:
             _record_best(cfg, handle, task)
     return TrainResult(Path(cfg.out), best, best_step, cfg.steps, num, time.perf_counter() - t0)
+
+
+def _check_world(cfg: TrainConfig, world) -> None:
+    if cfg.batch_size < world.size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} processes; give each a prompt")
+    if cfg.objective == "grpo" and world.size > 1:
+        raise ValueError("--objective grpo runs in one process only (its updates within a step are not split over "
+                         "ranks yet); run it without torchrun, or use rloo, reinforce or sft under torchrun")
+
+
+def _read_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {path}; start without --resume")
+    return torch.load(path, weights_only=False)
+
+
+def _restore(state: dict | None, policy, optimizer) -> tuple[int, float, int, object]:
+    """(start step, best valid accuracy, its step, a GRPO step interrupted between updates) from a checkpoint,
+    loading its policy and optimizer state; a fresh run's values without one."""
+    if state is None:
+        return 0, -1.0, -1, None
+    policy.load_state_dict(state["policy"])
+    optimizer.load_state_dict(state["optimizer"])
+    return state["step"], state["best_valid"], state["best_step"], state.get("grpo")
+
+
+def _share(cfg: TrainConfig, world, batch: list, step: int) -> tuple[list, list[int]]:
+    """This rank's prompts of the batch and their samples' seeds (seeded per sample, never per rank)."""
+    seeds = [random.Random(f"{cfg.seed}:{step}:{i}:{k}").randrange(2**63) for i in range(len(batch))
+             for k in range(cfg.group_size)]
+    mine, K = world.shard(len(batch)), cfg.group_size
+    return batch[mine], seeds[mine.start * K : mine.stop * K]
+
+
+def _validate(cfg: TrainConfig, world, policy, handle, task, valid_set, max_new, record: dict, best: float,
+              best_step: int) -> tuple[float, int]:
+    """Greedy accuracy on the valid set, added to `record`; a new best is saved as the expert. Returns the best."""
+    step = record["step"]
+    with policy.sampling():
+        result = evaluate_sharded(world, policy.model, policy.tokenizer, task, valid_set, max_new_tokens=max_new,
+                                  progress=False)
+    record["valid_accuracy"] = result.accuracy
+    if result.answers:
+        record["valid_answers"] = result.answers
+    if result.accuracy <= best:
+        return best, best_step
+    if world.is_main:
+        _save_artifact(cfg, policy, handle, task, {
+            "valid_accuracy": result.accuracy, "valid_ci95": list(result.ci95), "valid_n": result.n,
+            "step": step, "trainable_params": policy.num_trainable(), "answers": result.answers})
+    return result.accuracy, step
+
+
+class _RunLog:
+    """The run folder's records, written by rank 0: metrics.jsonl (cut back to the checkpoint's step on resume),
+    TensorBoard scalars (--tensorboard) and config.json."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, start: int, resume: bool):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = run_dir / "metrics.jsonl"
+        history = _read_metrics(metrics_path) if metrics_path.exists() else []
+        history = [h for h in history if h["step"] <= start] if resume else []  # drop what the checkpoint did not keep
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        self.file = metrics_path.open("a")
+        self.writer = _tensorboard(run_dir) if cfg.tensorboard else None
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "owner": cfg.owner()}, indent=2) + "\n")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _record_best(cfg: TrainConfig, svf, task) -> None:
     """Expert memory: the saved (best) expert's validation result, appended beside it in its library."""
     from ..experts import Expert
     from ..experts.memory import ExpertMemory, base_fingerprint, record_result
-    from .evaluate import EvalResult
+    from ..evaluation import EvalResult
 
     expert = Expert.load(cfg.out)
     m = expert.meta.metrics
@@ -225,35 +262,52 @@ def _read_metrics(path: Path) -> list[dict]:
 
 def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=None, seeds=None,
           objective: str | None = None) -> dict:
-    """One optimisation step on this rank's share of the batch; returns the global batch's metrics.
+    """One optimisation step on this rank's share of the batch (sample → reward → loss → step); returns the global
+    batch's metrics.
 
     Each part's loss is weighted by its share of the global batch — rows for the policy objectives, completion
     tokens for SFT (the exact token mean) — so the gradients summed over ranks are one process's gradient."""
     world = world or current_world()
     objective = objective or cfg.objective
+    rollout, weights, record = _rollout(cfg, policy, model, tokenizer, task, batch, max_new, world, seeds, objective)
+    if record.get("skipped"):
+        return record
+    optimizer.zero_grad(set_to_none=True)
+    totals = _backward(cfg, policy, model, rollout, weights, world, objective)
+    world.sync_gradients(policy.parameters())
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    record.update(totals, grad_norm=float(grad_norm))
+    return record
+
+
+def _rollout(cfg, policy, model, tokenizer, task, batch, max_new, world, seeds, objective: str):
+    """(rollout, per-row weights, metrics): the references teacher-forced for SFT (weights None); else sampled
+    completions, their rewards and the objective's advantages. metrics["skipped"]: nothing to learn from."""
     prompts = [e["prompt"] for e in batch]
-    record: dict = {}
     if objective == "sft":
         refs = [e.get("reference") for e in batch]
         if any(r is None for r in refs):
             raise ValueError(f"--objective sft (and --sft-steps) needs reference answers; task {task.name!r} has none")
-        rollout = teacher_forced(tokenizer, prompts, refs)
-        weights = None
-    else:
-        rows = [e for e in batch for _ in range(cfg.group_size)]
-        with policy.sampling():
-            rollout = sample(model, tokenizer, prompts, max_new, cfg.temperature, cfg.group_size, seeds=seeds)
-        columns = {k: [e.get(k) for e in rows] for k in rows[0] if k != "prompt"}
-        scores = torch.tensor(task.reward([e["prompt"] for e in rows], rollout.completions, **columns),
-                              dtype=torch.float32)
-        weights = advantages(objective, scores, cfg.group_size)
-        n, score_sum, tokens, signal = world.all_sum([len(scores), float(scores.sum()),
-                                                      float(rollout.completion_mask.sum()), float(weights.abs().sum())])
-        record.update(reward=score_sum / n, completion_tokens=tokens / n)
-        if objective == "rloo" and not signal and cfg.kl_coef == 0:
-            return {**record, "skipped": True}  # every group unanimous: no gradient signal, save the compute
+        return teacher_forced(tokenizer, prompts, refs), None, {}
+    rows = [e for e in batch for _ in range(cfg.group_size)]
+    with policy.sampling():
+        rollout = sample(model, tokenizer, prompts, max_new, cfg.temperature, cfg.group_size, seeds=seeds)
+    columns = {k: [e.get(k) for e in rows] for k in rows[0] if k != "prompt"}
+    scores = torch.tensor(task.reward([e["prompt"] for e in rows], rollout.completions, **columns),
+                          dtype=torch.float32)
+    weights = advantages(objective, scores, cfg.group_size)
+    n, score_sum, tokens, signal = world.all_sum([len(scores), float(scores.sum()),
+                                                  float(rollout.completion_mask.sum()), float(weights.abs().sum())])
+    record = {"reward": score_sum / n, "completion_tokens": tokens / n}
+    if objective == "rloo" and not signal and cfg.kl_coef == 0:
+        record["skipped"] = True  # every group unanimous: no gradient signal, save the compute
+    return rollout, weights, record
 
-    optimizer.zero_grad(set_to_none=True)
+
+def _backward(cfg, policy, model, rollout, weights, world, objective: str) -> dict[str, float]:
+    """The loss over the rollout, in chunks, each backpropagated with its share of the global batch; returns the
+    loss metrics summed over ranks."""
     model.train(cfg.method == "lora")  # LoRA dropout while computing the loss; SVF has none
     totals: dict[str, float] = {}
     total_rows, total_tokens = world.all_sum([len(rollout), float(rollout.completion_mask.sum())])
@@ -261,11 +315,9 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=
         part = rollout.rows(sl)
         if objective == "sft":
             frac = float(part.completion_mask.sum()) / max(total_tokens, 1.0)
-        else:
-            frac = len(part) / total_rows
-        if objective == "sft":
             loss, m = sft_loss(token_logprobs(model, part), part.completion_mask)
         else:
+            frac = len(part) / total_rows
             base_logp = None
             if cfg.kl_coef > 0:
                 with policy.base(), torch.no_grad():
@@ -277,12 +329,7 @@ def _step(cfg, policy, model, tokenizer, task, batch, max_new, optimizer, world=
             totals[k] = totals.get(k, 0.0) + v * frac
     model.eval()
     keys = sorted(totals)
-    totals = dict(zip(keys, world.all_sum([totals[k] for k in keys])))
-    world.sync_gradients(policy.parameters())
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
-    optimizer.step()
-    record.update(totals, grad_norm=float(grad_norm))
-    return record
+    return dict(zip(keys, world.all_sum([totals[k] for k in keys])))
 
 
 def _tensorboard(run_dir: Path):
@@ -309,7 +356,8 @@ def plot_metrics(metrics_path: Path, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     key = "reward" if any("reward" in r for r in rows) else "nll"
     pts = [(r["step"], r[key]) for r in rows if key in r]
-    ax.plot(*zip(*pts), label=f"train {key}", alpha=0.7) if pts else None
+    if pts:
+        ax.plot(*zip(*pts), label=f"train {key}", alpha=0.7)
     val = [(r["step"], r["valid_accuracy"]) for r in rows if "valid_accuracy" in r]
     if val:
         ax.plot(*zip(*val), "o-", label="valid accuracy")

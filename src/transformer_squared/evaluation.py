@@ -1,4 +1,5 @@
-"""Accuracy of a model on a task split, with a 95% Wilson interval and per-sample records."""
+"""Accuracy of a model on a task split, with a 95% Wilson interval and per-sample records: `t2 eval`, training's
+validation and the two-pass report all use it, so it sits below training and adapt."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..progress import tqdm
+from .atomic import atomic_file
+from .generation import GenerationConfig, generate
+from .progress import tqdm
 
-from ..atomic import atomic_file
-from ..generation import GenerationConfig, generate
 
 def default_max_new_tokens(task) -> int:
     """The task's own generation budget (`Task.max_new_tokens`)."""
