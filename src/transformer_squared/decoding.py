@@ -24,8 +24,8 @@ one busy core, once per weight version), so it pays back over many generated tok
 from __future__ import annotations
 
 import types
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
