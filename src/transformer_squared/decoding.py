@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 PACKED_DTYPES = (torch.float32, torch.bfloat16)
-_STATE = "_t2_prepacked"  # attribute on each nn.Linear while a context is active: [source weight, version, pack]
+_STATE = "_t2_prepacked"  # on each nn.Linear while a context is active: (source weight, its version, pack) or None
+# one tuple replaced whole, so a thread reading it never sees a pack beside another weight's source
 
 
 def supported(model: nn.Module) -> bool:
@@ -47,9 +48,10 @@ def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
             or w.device.type != "cpu" or (self.bias is not None and self.bias.dtype != w.dtype)):
         return nn.Linear.forward(self, x)
     state = getattr(self, _STATE)
-    if state[0] is None or state[0].data_ptr() != w.data_ptr() or state[1] != w._version or state[0].shape != w.shape:
+    if state is None or state[0].data_ptr() != w.data_ptr() or state[1] != w._version or state[0].shape != w.shape:
         source = w.detach()  # keeps the storage alive: a new tensor can never reuse this address while packed
-        state[:] = [source, w._version, torch.ops.mkldnn._reorder_linear_weight(source, 1)]
+        state = (source, w._version, torch.ops.mkldnn._reorder_linear_weight(source, 1))  # 1: batch-size hint
+        setattr(self, _STATE, state)
     shape = x.shape
     y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), state[2], self.bias, "none", [], "")
     return y.reshape(*shape[:-1], y.shape[-1])  # (..., out_features)
@@ -59,7 +61,7 @@ def invalidate(model: nn.Module) -> None:
     """Forget every pack of `model` (after writing weights in place through `.data`); the next call repacks."""
     for m in model.modules():
         if hasattr(m, _STATE):
-            getattr(m, _STATE)[:] = [None, None, None]
+            setattr(m, _STATE, None)
 
 
 @contextmanager
@@ -71,7 +73,7 @@ def prepacked(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
         yield model
         return
     for m in linears:
-        setattr(m, _STATE, [None, None, None])
+        setattr(m, _STATE, None)
         m.forward = types.MethodType(_packed_forward, m)  # an instance attribute: the class's forward is untouched
     try:
         yield model
