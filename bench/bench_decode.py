@@ -9,7 +9,9 @@ expert-like weight swap (every MLP weight replaced by a new tensor, as SVFModel.
 
 `--compile` adds, at the first batch size, transformers' static KV cache + `torch.compile` (inductor, no CUDA graphs)
 against the plain path: its compile seconds (the first call), tokens/s and greedy agreement; `--freezing` compiles
-with inductor's freezing (weights become constants, linears get oneDNN-packed) instead.
+with inductor's freezing (weights become constants, linears get oneDNN-packed) instead; `--compile-prepacked`
+compiles with the linears as an opaque custom op on packed weights (an experiment: decoding.prepacked itself
+checks weight addresses in Python, which dynamo cannot trace).
 """
 
 from __future__ import annotations
@@ -31,19 +33,47 @@ def timed_generate(model, batch, tokens: int, pad: int, **options) -> tuple[torc
         return out, time.perf_counter() - t0
 
 
-def compiled_side_by_side(model, batch, tokens: int, pad: int, repeats: int) -> str:
+def _packed_linear_op():
+    """nn.Linear.forward as a custom op on a packed copy of the weight (cached by address; the bench keeps weights)."""
+    packs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.library.custom_op("t2bench::packed_linear", mutates_args=())
+    def packed_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if w.data_ptr() not in packs:
+            packs[w.data_ptr()] = (w, torch.ops.mkldnn._reorder_linear_weight(w, 1))
+        y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packs[w.data_ptr()][1], None, "none", [], "")
+        return y.reshape(*x.shape[:-1], w.shape[0])
+
+    @packed_linear.register_fake
+    def _(x, w):
+        return x.new_empty(*x.shape[:-1], w.shape[0])
+
+    return lambda self, x: packed_linear(x, self.weight) if self.bias is None else torch.nn.Linear.forward(self, x)
+
+
+def compiled_side_by_side(model, batch, tokens: int, pad: int, repeats: int, packed: bool = False) -> str:
     """Static cache + torch.compile vs plain generate: compile seconds, tokens/s ratio, greedy agreement."""
     from transformers import CompileConfig
 
     config = CompileConfig(fullgraph=False, dynamic=False, mode="default")  # "reduce-overhead" = CUDA graphs
     config._compile_all_devices = True  # transformers compiles only on accelerators unless told
     options = dict(cache_implementation="static", compile_config=config)
+    plain_forward = torch.nn.Linear.forward
+    fast_forward = _packed_linear_op() if packed else plain_forward
+
+    def compiled(*a):
+        torch.nn.Linear.forward = fast_forward  # the class's: what the compiled graph traced
+        try:
+            return timed_generate(*a, **options)
+        finally:
+            torch.nn.Linear.forward = plain_forward
+
     try:
-        _, first = timed_generate(model, batch, tokens, pad, **options)
+        _, first = compiled(model, batch, tokens, pad)
         plain, fast, same = [], [], True
         for _ in range(repeats):
             a, ta = timed_generate(model, batch, tokens, pad)
-            b, tb = timed_generate(model, batch, tokens, pad, **options)
+            b, tb = compiled(model, batch, tokens, pad)
             rows = batch["input_ids"].shape[0]
             plain.append(rows * tokens / ta)
             fast.append(rows * tokens / tb)
@@ -63,11 +93,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time static cache + torch.compile")
     ap.add_argument("--freezing", action="store_true", help="compile with inductor freezing")
+    ap.add_argument("--compile-prepacked", action="store_true", help="compile with packed linears (custom op)")
     args = ap.parse_args()
     if args.freezing:
         import torch._inductor.config as inductor
 
         inductor.freezing = args.compile = True
+    args.compile |= args.compile_prepacked
     from transformer_squared.decoding import prepacked
     from transformer_squared.generation import chat_text, encode
     from transformer_squared.models import load_model
@@ -102,8 +134,9 @@ def main() -> None:
                   f"once; greedy tokens equal: {same}; load {os.getloadavg()[0]:.1f}"
                   + (f"; repack after a weight swap {swap:.2f} s" if swap is not None else ""), flush=True)
             if args.compile and B == args.batches[0]:
-                print(f"{dtype:8s} batch {B}: static cache + torch.compile{' (freezing)' if args.freezing else ''}: "
-                      f"{compiled_side_by_side(model, batch, args.tokens, pad, args.repeats)}; "
+                how = " (freezing)" if args.freezing else " (prepacked linears)" if args.compile_prepacked else ""
+                print(f"{dtype:8s} batch {B}: static cache + torch.compile{how}: "
+                      f"{compiled_side_by_side(model, batch, args.tokens, pad, args.repeats, args.compile_prepacked)}; "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         del model, lm
 

@@ -2,9 +2,10 @@
 
 At batch 1 a decode step is a few hundred matrix-vector products (211 for SmolLM2-135M), and `F.linear` on the
 row-major weight is slower than oneDNN's `_linear_pointwise` on the same weight reordered once into oneDNN's blocked
-layout: ~2× per product in bf16, ~1.1× in float32 (the LM head 1.6×). `prepacked(model)` makes every `nn.Linear` use
-such a packed copy while it is active; the packing is what inductor's `freezing` does to linears, without compiling
-(BENCHMARKS.md, "Batch-1 decode: prepacked linears", says why compiling did not pay here).
+layout: 1.4-1.8× per product in bf16 (the LM head 2.5×); in float32 only the LM head gains (1.6×). `prepacked(model)`
+makes every `nn.Linear` use such a packed copy while it is active; the packing is what inductor's `freezing` does to
+linears, without compiling. Whole decode: ~1.3× tokens/s in bf16 at batch 1 (BENCHMARKS.md, "Batch-1 decode:
+prepacked linears, static cache, torch.compile", also says why compiling did not pay here).
 
 The packed path is taken only where it computes the same function: under `torch.no_grad()` (the op has no
 backward), on the CPU, in float32 or bfloat16, with input and weight of one dtype. Anything else — autograd,
@@ -16,7 +17,7 @@ pack holds a reference to the tensor it was made from, so an address cannot be f
 lives. Not seen: in-place writes through `.data` (`weight.data += delta`, as PEFT's merge_adapter does), which bump
 no counter — call `invalidate(model)` after those. Packs are dropped when the outermost context exits.
 
-Cost: one packed copy of every weight (the model's size again) and the packing itself (≈1-2 s for SmolLM2-135M on
+Cost: one packed copy of every weight (the model's size again) and the packing itself (0.3-1.6 s for SmolLM2-135M on
 one busy core, once per weight version), so it pays back over many generated tokens with unchanged weights
 (`t2 generate`, `t2 chat`, `t2 serve` with a steady expert), not for one short answer per new expert (CEM).
 """
