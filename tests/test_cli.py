@@ -214,6 +214,9 @@ def test_decompose_init_generate_export(tiny_folder, one_thread, tmp_path, capsy
     captured = capsys.readouterr()
     assert captured.out.startswith("> hello\n") and "\n> world\n" in captured.out
     assert captured.err.count("[expert: noisy]") == 2
+    assert main(["generate", "--library", lib, "--cache-dir", cache, "--expert", "noisy", "--max-new-tokens", "3",
+                 "--prepack", "hello", "world"]) == 0
+    assert capsys.readouterr().out == captured.out  # oneDNN-packed linears: the same greedy answers
 
     out_dir = tmp_path / "merged"
     assert main(["export", "--library", lib, "--cache-dir", cache, "--expert", "noisy", "--out", str(out_dir)]) == 0

@@ -18,6 +18,8 @@ class GenerationConfig:
     top_p: float = option(1.0, "nucleus sampling: the smallest set of tokens holding this much probability",
                           parse=unit_interval)
     batch_size: int = option(16, "prompts per forward pass", parse=positive_int)
+    prepack: bool = option(False, "CPU: run linear layers on oneDNN-prepacked weights (faster small-batch decoding; "
+                                  "one extra copy of the weights, packed once per expert: see decoding.py)")
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -47,7 +49,9 @@ def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -
     """New token ids for each text (eos and padding stripped)."""
     import torch
 
-    with torch.no_grad():
+    from .decoding import prepacked
+
+    with torch.no_grad(), prepacked(model, config.prepack):
         outputs: list[torch.Tensor] = []
         for i in range(0, len(texts), config.batch_size):
             batch = encode(tokenizer, texts[i : i + config.batch_size]).to(model.device)

@@ -48,6 +48,7 @@ def _readline(history_file: str):
 def chat_cmd(args: argparse.Namespace) -> int:
     from ..adapt.chat import ChatSession, Quit
     from ..adapt.routes import answer_experts
+    from ..decoding import prepacked
     from ..experts import ExpertLibrary
     from ..experts.memory import ExpertMemory, UsageCounter
     from ..generation import GenerationConfig
@@ -71,6 +72,8 @@ def chat_cmd(args: argparse.Namespace) -> int:
     readline = _readline(args.history_file)
     print(f"t2 chat: {svf.model_id}, strategy {strategy}, experts: {', '.join(library.names()) or 'none'}. "
           "/help for commands, Ctrl-C stops an answer, Ctrl-D quits.", flush=True)
+    packs = prepacked(svf.model, config.prepack)  # one set of packs for the whole session
+    packs.__enter__()
     try:
         while True:
             try:
@@ -91,6 +94,7 @@ def chat_cmd(args: argparse.Namespace) -> int:
             except ValueError as e:  # ChatError, ExpertError: a bad command, name or incompatible expert
                 print(f"error: {e}", flush=True)
     finally:
+        packs.__exit__(None, None, None)
         usage.flush()
         if readline is not None and args.history_file:
             try:
