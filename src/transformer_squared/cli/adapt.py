@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..training.config import default_run_dir
 from .options import (add_dataclass_args, add_library_arg, add_model_args, add_precision_args, add_resume_arg,
-                      positive_int, precision_args, resume_out)
+                      model_for, positive_int, precision_args, resume_out)
 
 
 def register(sub) -> None:
@@ -71,7 +71,7 @@ def adapt_cmd(args) -> int:
     from ..svf import load_svf
 
     first = experts[0]
-    svf = load_svf(args.model or first.meta.base_model or "default", targets=first.meta.targets,
+    svf = load_svf(model_for(args.model, first), targets=first.meta.targets,
                    cache_dir=args.cache_dir, **precision_args(args))
     population = Population(svf, experts, shots, task, cfg)
     state = default_run_dir(out) / "cem_state.json"

@@ -18,6 +18,7 @@ from .options import (
     add_library_arg,
     add_model_args,
     config_from_args,
+    model_for,
     nonneg_float,
     option,
     precision_args,
@@ -118,8 +119,7 @@ def _library(args):
 def _svf(args, targets: str | None, expert=None, force: bool = False):
     from ..svf import load_svf
 
-    model = args.model or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
-    return load_svf(model, targets=targets or "mlp", cache_dir=args.cache_dir, force=force, **precision_args(args))
+    return load_svf(model_for(args.model, expert), targets=targets or "mlp", cache_dir=args.cache_dir, force=force, **precision_args(args))
 
 
 def decompose_cmd(args) -> int:

@@ -153,13 +153,18 @@ def strategy_library(args, strategy: str):
     return library, routes
 
 
+def model_for(flag: str | None, expert=None) -> str:
+    """The model a verb loads: --model, else the model the expert was made for, else the default model."""
+    return flag or (expert.meta.base_model if expert is not None and expert.meta.base_model else "default")
+
+
 def load_strategy_model(args, library, routes):
     """The model the routed experts were made for (or --model), after the strategy's own inputs are checked."""
     from ..svf import load_svf
 
     check_strategy_inputs(args, library)
     first = next(iter(routes.values()), None)
-    model = args.model or (first.meta.base_model if first is not None and first.meta.base_model else "default")
+    model = model_for(args.model, first)
     targets = getattr(args, "targets", None) or (first.meta.targets if first is not None else "mlp")
     return load_svf(model, targets=targets, cache_dir=getattr(args, "cache_dir", None), **precision_args(args))
 

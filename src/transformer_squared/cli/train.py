@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from ..training.config import TrainConfig
 from .options import (LibraryOptions, PrecisionOptions, StrategyOptions, add_dataclass_args, add_resume_arg,
-                      config_from_args, data_folders_text, load_task, option, positive_int, precision_args,
+                      config_from_args, data_folders_text, load_task, model_for, option, positive_int, precision_args,
                       resume_out)
 
 
@@ -118,13 +118,13 @@ def eval_cmd(args: argparse.Namespace) -> int:
 
         lib = ExpertLibrary(cfg.library)
         expert = lib.get(cfg.expert)
-        svf = load_svf(cfg.model or expert.meta.base_model or "default", targets=expert.meta.targets,
+        svf = load_svf(model_for(cfg.model, expert), targets=expert.meta.targets,
                        **precision_args(cfg))
         model, tokenizer, context = svf.model, svf.tokenizer, svf.applied(expert)
     else:
         from ..models import load_model
 
-        loaded = load_model(cfg.model or "default", **precision_args(cfg))
+        loaded = load_model(model_for(cfg.model), **precision_args(cfg))
         model, tokenizer, context = loaded.model, loaded.tokenizer, nullcontext()
         if cfg.lora:
             try:
