@@ -14,7 +14,7 @@ from transformer_squared.experts import Expert
 from transformer_squared.serve.batching import Costs, Planner, measure_costs
 from transformer_squared.serve.decode import Row, decode_batch, next_tokens
 from transformer_squared.serve.engine import Busy, Closed, Engine
-from transformer_squared.serve.request import Request, TextStream
+from transformer_squared.serve.request import Event, Request, TextStream
 from transformer_squared.serve.schemas import ChatRequest, CompletionRequest
 
 PAD = 0
@@ -263,7 +263,7 @@ async def _collect(req: Request) -> list[tuple]:
     events = []
     while True:
         events.append(await asyncio.wait_for(req.events.get(), 30))
-        if events[-1][0] in ("end", "error"):
+        if events[-1].kind in ("end", "error"):
             return events
 
 
@@ -282,16 +282,17 @@ def test_engine_serves_auto_and_named_requests_in_one_batch(engine_svf):
 
     named, auto = asyncio.run(main())
     engine.close()
-    assert named[0] == ("start", {"expert": "e0"})
-    assert auto[0][1]["expert"] == "e1" and auto[0][1]["selection"]["label"] == "math"
+    assert named[0] == Event("start", info={"expert": "e0"})
+    assert auto[0].info["expert"] == "e1" and auto[0].info["selection"]["label"] == "math"
     assert strategy.calls == [["2+2?"]]
     assert engine.served["rows_steps"] >= 1 and engine.served["largest_batch"] == 2
     for events, expert, p in ((named, a, ids[0]), (auto, b, ids[1])):
         alone = Row(p, 5, expert)
         decode_batch(engine_svf, [alone], "merged", PAD, NO_EOS)
-        text = "".join(e[1] for e in events if e[0] == "delta")
+        text = "".join(e.text for e in events if e.kind == "delta")
         assert text == CharTokenizer().decode(alone.tokens)
-        assert events[-1] == ("end", {"finish_reason": "length", "prompt_tokens": len(p), "completion_tokens": 5})
+        assert events[-1] == Event("end", info={"finish_reason": "length", "prompt_tokens": len(p),
+                                               "completion_tokens": 5})
 
 
 def test_engine_keeps_serving_after_pass_1_fails(engine_svf):
@@ -308,8 +309,8 @@ def test_engine_keeps_serving_after_pass_1_fails(engine_svf):
 
     failed, ok = asyncio.run(main())
     engine.close()
-    assert failed[-1][:2] == ("error", 500) and "strategy broke" in failed[-1][2]
-    assert ok[-1][0] == "end"
+    assert (failed[-1].kind, failed[-1].status) == ("error", 500) and "strategy broke" in failed[-1].message
+    assert ok[-1].kind == "end"
     assert engine_svf.active is None and not engine_svf.factored_active
 
 
@@ -328,7 +329,7 @@ def test_engine_queue_limit_and_shutdown(engine_svf):
         return [await _collect(r) for r in reqs]
 
     for events in asyncio.run(main()):
-        assert events == [("error", 503, "the server is shutting down", "shutting_down")]
+        assert events == [Event("error", status=503, message="the server is shutting down", code="shutting_down")]
 
 
 def test_engine_close_cancels_the_running_batch(engine_svf):
@@ -338,12 +339,12 @@ def test_engine_close_cancels_the_running_batch(engine_svf):
     async def main():
         req = Request([1, 2], 10_000).bind()  # would run for minutes
         engine.submit(req)
-        assert (await req.events.get())[0] == "start"
+        assert (await req.events.get()).kind == "start"
         await asyncio.to_thread(engine.close, True, 30)
         return await _collect(req)
 
     events = asyncio.run(main())
-    assert events[-1][:2] == ("error", 503) and "cancelled" in events[-1][2]
+    assert (events[-1].kind, events[-1].status) == ("error", 503) and "cancelled" in events[-1].message
     assert not engine._thread.is_alive()
     assert engine_svf.active is None and not engine_svf.factored_active
 

@@ -341,9 +341,9 @@ async def _run(engine: Engine, j: Job) -> dict:
     except asyncio.CancelledError:
         j.cancelled = True  # the client went away while queued
         raise
-    if event[0] == "error":
-        raise APIError(event[1], event[2], None, event[3], _error_type(event[1]))
-    return event[1]
+    if event.kind == "error":
+        raise APIError(event.status, event.message, None, event.code, _error_type(event.status))
+    return event.info
 
 
 async def _collect(j: Job) -> tuple[str, dict]:
@@ -351,12 +351,12 @@ async def _collect(j: Job) -> tuple[str, dict]:
     try:
         while True:
             event = await j.events.get()
-            if event[0] == "delta":
-                parts.append(event[1])
-            elif event[0] == "end":
-                return "".join(parts), event[1]
+            if event.kind == "delta":
+                parts.append(event.text)
+            elif event.kind == "end":
+                return "".join(parts), event.info
             else:
-                raise APIError(event[1], event[2], None, event[3], _error_type(event[1]))
+                raise APIError(event.status, event.message, None, event.code, _error_type(event.status))
     except asyncio.CancelledError:
         j.cancelled = True
         raise
@@ -375,16 +375,16 @@ async def _stream(j: Job, chunk, include_usage: bool):
             yield _sse(first)
         while True:
             event = await j.events.get()
-            if event[0] == "delta":
-                yield _sse(chunk(event[1], None))
-            elif event[0] == "end":
-                end = event[1]
+            if event.kind == "delta":
+                yield _sse(chunk(event.text, None))
+            elif event.kind == "end":
+                end = event.info
                 yield _sse(chunk("", end["finish_reason"]))
                 if include_usage:
                     yield _sse(chunk("", None, schemas.usage(end["prompt_tokens"], end["completion_tokens"]), False))
                 break
             else:
-                yield _sse(schemas.error_body(event[2], _error_type(event[1]), None, event[3]))
+                yield _sse(schemas.error_body(event.message, _error_type(event.status), None, event.code))
                 break
         done = True
         yield "data: [DONE]\n\n"

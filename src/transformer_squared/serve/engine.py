@@ -26,7 +26,7 @@ import torch
 
 from .batching import Costs, Planner, measure_costs
 from .decode import Batch, Row, decode_batch
-from .request import Request, TextStream
+from .request import Event, Request, TextStream
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class Engine:
                     r.cancelled = True
             self._cond.notify_all()
         for r in queued:
-            r.send("error", 503, "the server is shutting down", "shutting_down")
+            r.send(Event("error", status=503, code="shutting_down",
+                         message="the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -143,7 +144,8 @@ class Engine:
                 log.exception("decoding failed")
                 for row in {id(r): r for r in [*running, *new, *held]}.values():
                     if row.finish_reason is None:
-                        row.owner.send("error", 500, f"internal error: {type(e).__name__}: {e}", "internal_error")
+                        row.owner.send(Event("error", status=500, code="internal_error",
+                                             message=f"internal error: {type(e).__name__}: {e}"))
                 if batch is not None:
                     batch.release()
                 batch, held = None, []
@@ -185,7 +187,7 @@ class Engine:
             generator = torch.Generator().manual_seed(r.seed) if r.seed is not None else None
             r.text = TextStream(self.tokenizer, r.stop)
             rows.append(Row(r.prompt_ids, r.max_tokens, r.expert, r.temperature, r.top_p, generator, owner=r))
-            r.send("start", r.answered_by())
+            r.send(Event("start", info=r.answered_by()))
         return rows
 
     def _admit(self, batch: Batch | None, rows: list[Row], held: list[Row]) -> Batch | None:
@@ -222,7 +224,8 @@ class Engine:
     def _cancel_if_asked(self, row: Row) -> bool:
         if row.owner.cancelled:
             row.finish_reason = "cancelled"
-            row.owner.send("error", 503, "the request was cancelled (server shutting down)", "cancelled")
+            row.owner.send(Event("error", status=503, code="cancelled",
+                                 message="the request was cancelled (server shutting down)"))
         return row.owner.cancelled
 
     def _restore_base(self, batch: Batch | None) -> None:
@@ -252,7 +255,8 @@ class Engine:
         strategy = self._current_strategy()
         if strategy is None:
             for r in requests:
-                r.send("error", 400, f"model 'auto' is unavailable: {self.auto_status()}", "auto_unavailable")
+                r.send(Event("error", status=400, code="auto_unavailable",
+                             message=f"model 'auto' is unavailable: {self.auto_status()}"))
             return []
         t0 = time.perf_counter()
         try:
@@ -262,7 +266,8 @@ class Engine:
         except Exception as e:
             log.exception("pass 1 failed")
             for r in requests:
-                r.send("error", 500, f"self-adaptation (pass 1) failed: {type(e).__name__}: {e}", "internal_error")
+                r.send(Event("error", status=500, code="internal_error",
+                             message=f"self-adaptation (pass 1) failed: {type(e).__name__}: {e}"))
             return []
         finally:
             self._restore_base(None)
@@ -281,9 +286,9 @@ class Engine:
         if stopped:
             row.finish_reason = "stop"
         if delta:
-            r.send("delta", delta)
+            r.send(Event("delta", text=delta))
         if row.finish_reason is not None:
             self.served["requests"] += 1
             self.served["tokens"] += len(row.tokens)
-            r.send("end", {"finish_reason": row.finish_reason, "prompt_tokens": len(row.ids),
-                           "completion_tokens": len(row.tokens)})
+            r.send(Event("end", info={"finish_reason": row.finish_reason, "prompt_tokens": len(row.ids),
+                                      "completion_tokens": len(row.tokens)}))

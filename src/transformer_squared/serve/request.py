@@ -1,18 +1,30 @@
 """One request's state between the HTTP handler and the engine's worker thread: what to generate, and the events
 that come back.
 
-The worker reports on an asyncio queue of the handler's loop, thread-safely (loop.call_soon_threadsafe):
+The worker reports `Event`s on an asyncio queue of the handler's loop, thread-safely (loop.call_soon_threadsafe):
 
-    ("start", info)   the request left the queue; info says which expert / mixture / selection answers it
-    ("delta", text)   new text (stop strings and incomplete UTF-8 characters are held back until resolved)
-    ("end", info)     finish_reason "stop" | "length", token counts
-    ("error", status, message, code)
+    start   the request left the queue; `info` says which expert / mixture / selection answers it
+    delta   new `text` (stop strings and incomplete UTF-8 characters are held back until resolved)
+    end     `info`: finish_reason "stop" | "length", prompt_tokens, completion_tokens
+    error   `status`, `message`, `code` (the HTTP status and the OpenAI-style error body)
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Event:
+    """One report from the worker to a request's handler (module docstring)."""
+
+    kind: str  # start | delta | end | error
+    text: str = ""  # delta
+    info: dict | None = None  # start, end
+    status: int = 0  # error
+    message: str = ""  # error
+    code: str = ""  # error
 
 
 class TextStream:
@@ -64,7 +76,7 @@ class Request:
         self.loop, self.events = asyncio.get_running_loop(), asyncio.Queue()
         return self
 
-    def send(self, *event) -> None:
+    def send(self, event: Event) -> None:
         if self.loop is None:
             return
         try:
