@@ -80,7 +80,11 @@ def unseen(svf, library: ExpertLibrary, data: Path, n: int, shots: int, cem: CEM
     for e in routes.values():
         rows[f"expert {e.name}"] = lambda t, e=e: FixedStrategy(e)
     for name in ("prompt", "classifier", "embedding"):
-        strategy = build_strategy(name, svf, library)
+        try:
+            strategy = build_strategy(name, svf, library)
+        except ValueError as e:  # e.g. no classifier expert in this library
+            print(f"   {name:20} n/a: {e}")
+            continue
         rows[name] = lambda t, s=strategy: s
     rows["cem"] = lambda t: FewShotStrategy(list(routes.values()), t, shots, cem, progress=False)
     for task in tasks:
