@@ -6,9 +6,9 @@ Each recipe is a `t2 train --config` file. For each: evaluate the base model on 
 test split; train an SVF expert exactly as the file says (`t2 train --config FILE` trains the same one), and a
 LoRA adapter with the same task, objective, warm start, batch, group size, steps and seed (the paper's baseline:
 r 16, alpha 32, dropout 0.05 on q/v; its own learning rate, --lora-lr); keep the checkpoint best on validation;
-evaluate both on the same test examples, greedily, in the compute dtype they trained in. Prints one table with
-95% Wilson intervals, the answer distribution of multiple-choice tasks beside the test keys' (a label prior shows
-up as a skew there), trainable parameters and training wall time. Training runs resume when rerun.
+evaluate both on the same test examples, greedily, on the device and in the compute dtype they trained in. Prints
+one table with 95% Wilson intervals, the answer distribution of multiple-choice tasks beside the test keys' (a
+label prior shows up as a skew there), trainable parameters and training wall time. Training runs resume when rerun.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main() -> None:
     from transformer_squared.config import config_from_args
     from transformer_squared.experts import Expert
     from transformer_squared.models import load_model
-    from transformer_squared.precision import resolve_dtype
+    from transformer_squared.precision import resolve
     from transformer_squared.svf import load_svf
     from transformer_squared.tasks import get_task
     from transformer_squared.training.config import TrainConfig
@@ -73,11 +73,12 @@ def main() -> None:
         task = get_task(recipe.task, recipe.data)
         test = task.examples("test")[: args.n_test]
         max_new = recipe.max_new_tokens or None
-        dtype = resolve_dtype(recipe.dtype, "cpu")
+        precision = resolve(recipe.device, recipe.dtype)  # what the recipe trains in; every row is scored in it
+        on = {"device": precision.device, "dtype": precision.dtype}
         keys = Counter(e["answer"] for e in test) if "choices" in test[0] else None
         name = Path(path).stem
         if not args.no_base:
-            lm = load_model(recipe.model, dtype=dtype)
+            lm = load_model(recipe.model, **on)
             base = evaluate(lm.model, lm.tokenizer, task, examples=test, max_new_tokens=max_new)
             rows.append({"recipe": name, "task": task.name, "method": "base", "params": 0, "train_s": 0,
                          "keys": {k: v / len(test) for k, v in keys.items()} if keys else {}, **base.to_dict()})
@@ -92,13 +93,13 @@ def main() -> None:
             result = train_expert(cfg, resume=resume)
             train_s = time.perf_counter() - t0
             if method == "svf":
-                svf = load_svf(recipe.model, targets=recipe.targets, progress=False, dtype=dtype)
+                svf = load_svf(recipe.model, targets=recipe.targets, progress=False, **on)
                 with svf.applied(Expert.load(out)):
                     res = evaluate(svf.model, svf.tokenizer, task, examples=test, max_new_tokens=max_new)
             else:
                 from peft import PeftModel
 
-                lm = load_model(recipe.model, dtype=dtype)
+                lm = load_model(recipe.model, **on)
                 model = PeftModel.from_pretrained(lm.model, str(out)).merge_and_unload().eval()
                 res = evaluate(model, lm.tokenizer, task, examples=test, max_new_tokens=max_new)
             rows.append({"recipe": name, "task": task.name, "method": method, "params": result.num_trainable,

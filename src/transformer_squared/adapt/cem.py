@@ -220,13 +220,18 @@ def adapted_expert(svf, experts: list, result: CEMResult, name: str = "", descri
     return mix(parts, weights, meta)
 
 
+def shots_from_test(task) -> bool:
+    """An evaluation-only set (HumanEval has a test split alone): few-shot CEM adapts on part of its test split."""
+    return "train" not in task.splits
+
+
 def fewshot_examples(task, shots: int, seed: int = 0) -> list[dict]:
     """k examples to adapt on, never ones that are evaluated: a seeded sample of the task's train split, or, for an
     evaluation-only set (HumanEval has a test split alone), the last k examples of its test split, which
     evaluation then leaves out (`without_shots`)."""
     import random
 
-    if "train" not in task.splits:
+    if shots_from_test(task):
         examples = task.examples("test")
         if shots >= len(examples):
             raise ValueError(f"task {task.name!r} has only a test split ({len(examples)} examples): --shots {shots} "
@@ -242,7 +247,7 @@ def fewshot_examples(task, shots: int, seed: int = 0) -> list[dict]:
 
 def without_shots(task, examples: list[dict], shots: int) -> list[dict]:
     """`examples` of `task` less the ones few-shot CEM adapted on (only an evaluation-only set shares them)."""
-    if "train" in task.splits:
+    if not shots_from_test(task):
         return examples
     held = {e["prompt"] for e in fewshot_examples(task, shots)}
     return [e for e in examples if e["prompt"] not in held]

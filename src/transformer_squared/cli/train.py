@@ -138,11 +138,12 @@ def eval_cmd(args: argparse.Namespace) -> int:
             model = PeftModel.from_pretrained(model, cfg.lora).merge_and_unload().eval()
     examples = None
     made = expert.meta.created_by if cfg.expert else {}
-    if made.get("method") == "cem" and made.get("task") == task.name and "train" not in task.splits:
-        from ..adapt.cem import without_shots  # an evaluation-only set: the mixture adapted on some of it
+    if made.get("method") == "cem" and made.get("task") == task.name:
+        from ..adapt.cem import shots_from_test, without_shots
 
-        examples = without_shots(task, task.examples(cfg.split), int(made["shots"]))
-        print(f"note: leaving out the {made['shots']} {task.name} examples {cfg.expert} was adapted on")
+        if shots_from_test(task):  # an evaluation-only set: the mixture adapted on some of it
+            examples = without_shots(task, task.examples(cfg.split), int(made["shots"]))
+            print(f"note: leaving out the {made['shots']} {task.name} examples {cfg.expert} was adapted on")
     with context:
         result = evaluate(model, tokenizer, task, cfg.split, cfg.n, cfg.batch_size, cfg.max_new_tokens,
                           examples=examples)

@@ -8,8 +8,9 @@ indices) and valid (odd indices); ARC-*-Test.jsonl is test. The Dev file, unused
 Two answer formats, each a registered task:
 - letter (`arc`, `arc_challenge`): the prompt lists the options one per line ("A. text") and asks for the letter
   only; the reference completion is the letter, extracted by `rewards.extract_letter`.
-- option text (`arc_text`, `arc_challenge_text`): the prompt lists the options as bullets ("- text") and asks for
-  the text of the correct option; the reference completion is that text. The answer given is the option whose
+- option text (`arc_text`, `arc_challenge_text`): the prompt asks for the text of the correct option, lists the
+  options as bullets ("- text"), then gives the question last (the answer follows the question, as when the
+  options' log-likelihoods are scored); the reference completion is that text. The answer given is the option whose
   text equals the reply's first line once both are normalised (`option_text_key`: case, spacing, a leading bullet
   or "Answer:", surrounding quotes or bold, final punctuation). A reply that names several options, or none
   exactly, gives no answer. This format lets a small model answer with its knowledge of the option's content: the
