@@ -72,29 +72,27 @@ def chat_cmd(args: argparse.Namespace) -> int:
     readline = _readline(args.history_file)
     print(f"t2 chat: {svf.model_id}, strategy {strategy}, experts: {', '.join(library.names()) or 'none'}. "
           "/help for commands, Ctrl-C stops an answer, Ctrl-D quits.", flush=True)
-    packs = prepacked(svf.model, config.prepack)  # one set of packs for the whole session
-    packs.__enter__()
     try:
-        while True:
-            try:
-                line = input("you> ")
-                if not line.strip():
-                    continue
-                if line.startswith("/"):
-                    print(session.command(line), flush=True)
-                else:
-                    _answer(session, line)
-            except KeyboardInterrupt:  # at the prompt, or during a command: the session goes on
-                print("^C", flush=True)
-            except EOFError:
-                print(flush=True)
-                break
-            except Quit:
-                break
-            except ValueError as e:  # ChatError, ExpertError: a bad command, name or incompatible expert
-                print(f"error: {e}", flush=True)
+        with prepacked(svf.model, config.prepack):  # one set of packs for the whole session
+            while True:
+                try:
+                    line = input("you> ")
+                    if not line.strip():
+                        continue
+                    if line.startswith("/"):
+                        print(session.command(line), flush=True)
+                    else:
+                        _answer(session, line)
+                except KeyboardInterrupt:  # at the prompt, or during a command: the session goes on
+                    print("^C", flush=True)
+                except EOFError:
+                    print(flush=True)
+                    break
+                except Quit:
+                    break
+                except ValueError as e:  # ChatError, ExpertError: a bad command, name or incompatible expert
+                    print(f"error: {e}", flush=True)
     finally:
-        packs.__exit__(None, None, None)
         usage.flush()
         if readline is not None and args.history_file:
             try:

@@ -15,6 +15,7 @@ from .options import (
     StrategyOptions,
     add_dataclass_args,
     config_from_args,
+    model_for,
     nonneg_float,
     option,
     port,
@@ -98,7 +99,7 @@ def serve_cmd(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    svf = load_svf(cfg.model or "default", targets=cfg.targets or "mlp", cache_dir=cfg.cache_dir,
+    svf = load_svf(model_for(cfg.model), targets=cfg.targets or "mlp", cache_dir=cfg.cache_dir,
                    **precision_args(cfg))
     options = {k: v for k, v in strategy_options(cfg).items() if v is not None}
     app = create_app(svf, cfg.library, strategy=cfg.strategy, strategy_options=options, api_key=cfg.api_key,
