@@ -30,59 +30,29 @@ def _number(kind, text: str):
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text}")
-    return value
+def _checked(name: str, kind, ok, rule: str):
+    """An argparse `type=` check: parse a `kind` number, then refuse it unless `ok(value)`, saying `rule`."""
+    def parse(text: str):
+        value = _number(kind, text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}, not {text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
-    return value
+positive_int = _checked("positive_int", int, lambda v: v >= 1, "must be an integer >= 1")
+nonneg_int = _checked("nonneg_int", int, lambda v: v >= 0, "must be an integer >= 0")
+positive_float = _checked("positive_float", float, lambda v: v > 0, "must be a number > 0")
+nonneg_float = _checked("nonneg_float", float, lambda v: v >= 0, "must be a number >= 0")
+unit_interval = _checked("unit_interval", float, lambda v: 0 < v <= 1, "must be in (0, 1]")  # e.g. top-p
+cosine = _checked("cosine", float, lambda v: -1 <= v <= 1, "is a cosine similarity: must be in [-1, 1]")
+port = _checked("port", int, lambda v: 0 < v < 65536, "must be a TCP port in 1..65535")
 
 
 def finite_float(text: str) -> float:
     return _number(float, text)
-
-
-def unit_interval(text: str) -> float:
-    """(0, 1]: a probability mass such as top-p."""
-    value = _number(float, text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return value
-
-
-def cosine(text: str) -> float:
-    """[-1, 1]: the range of a cosine similarity."""
-    value = _number(float, text)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"is a cosine similarity: must be in [-1, 1], not {text}")
-    return value
-
-
-def port(text: str) -> int:
-    value = _number(int, text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"must be a TCP port in 1..65535, not {text}")
-    return value
 
 
 # -- fields ------------------------------------------------------------------------------------------------------
