@@ -12,6 +12,7 @@ first number, 17, and fails: the reward is for answering as asked.
 
 from __future__ import annotations
 
+import functools
 import operator
 import random
 
@@ -22,6 +23,16 @@ OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 NAMES = {"+": "addition", "-": "subtraction", "*": "multiplication"}
 SEED = 0  # fixes the permutation, hence the splits; changing it changes which problems are test problems
 TEST_SIZE, VALID_SIZE = 500, 200
+
+
+@functools.cache
+def permuted_pairs(digits: int) -> tuple[tuple[int, int], ...]:
+    """Every (a, b) of `digits`-digit operands in the fixed permuted order; computed once per process (shuffling
+    the 810,000 three-digit pairs takes ~0.5 s, and every split of every task instance needs it)."""
+    low, high = 10 ** (digits - 1), 10**digits
+    pairs = [(a, b) for a in range(low, high) for b in range(low, high)]
+    random.Random(SEED).shuffle(pairs)
+    return tuple(pairs)
 
 
 class ArithmeticTask(Task):
@@ -44,13 +55,11 @@ class ArithmeticTask(Task):
     def pairs(self, split: str) -> list[tuple[int, int]]:
         """The (a, b) operand pairs of one split, in the fixed permuted order."""
         self.check_split(split)
-        low, high = 10 ** (self.digits - 1), 10**self.digits
-        pairs = [(a, b) for a in range(low, high) for b in range(low, high)]
-        random.Random(SEED).shuffle(pairs)
+        pairs = permuted_pairs(self.digits)
         n_test, n_valid = min(TEST_SIZE, len(pairs) // 5), min(VALID_SIZE, len(pairs) // 10)
         bounds = {"test": (0, n_test), "valid": (n_test, n_test + n_valid), "train": (n_test + n_valid, len(pairs))}
         start, stop = bounds[split]
-        return pairs[start:stop]
+        return list(pairs[start:stop])
 
     def examples(self, split: str) -> list[Example]:
         examples = []
