@@ -107,13 +107,14 @@ def rollout(svfs, args) -> dict:
     from transformer_squared.training.rollout import sample
 
     prompts, out = _rollout_prompts(args.batch), {}
+    seeds = list(range(len(prompts) * args.group))  # seeded per row, as the trainer samples (RowGumbel)
     for d, svf in svfs.items():
         policy = SVFPolicy(svf)
         try:
             def run():
                 torch.manual_seed(0)
                 with policy.sampling():
-                    return sample(svf.model, svf.tokenizer, prompts, 16, 1.0, group_size=args.group)
+                    return sample(svf.model, svf.tokenizer, prompts, 16, 1.0, group_size=args.group, seeds=seeds)
             out[d], _ = _timed(run, args.repeats, f"rollout {d}")
         finally:
             policy.close()

@@ -343,3 +343,62 @@ def test_lm_head_gets_a_contiguous_input_and_the_same_logits(tiny_folder, one_th
         finally:
             head._forward_pre_hooks.update(hooks)
     torch.testing.assert_close(fixed, sliced, rtol=1e-5, atol=1e-5)  # same maths, only the memory layout differs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_target_logprobs_equal_log_softmax_and_its_gradient(dtype, one_thread):
+    """The chunked log-prob (logprobs._TargetLogProb) against log_softmax(x.float()).gather(t): values and
+    gradients agree to float32 rounding order (1e-5 on logits of magnitude ~10), in chunks of ~10 rows here, with a
+    last chunk that is cut short (23 rows). Gradients are compared in the logits' dtype, where both are rounded
+    once: within one unit of that dtype's rounding (half an ulp each side) of values ≤ 1."""
+    from transformer_squared.logprobs import _rows_per_chunk, target_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(23, 50_000, generator=g)).to(dtype).requires_grad_()
+    target = torch.randint(0, 50_000, (23,), generator=g)
+    weight = torch.randn(23, generator=g)
+    assert 23 % _rows_per_chunk(logits) != 0 and _rows_per_chunk(logits) < 23  # several chunks, the last one short
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)
+    (ref * weight).sum().backward()
+    ref_grad, logits.grad = logits.grad.clone(), None
+    got = target_logprobs(logits, target)
+    (got * weight).sum().backward()
+    assert got.dtype == torch.float32
+    assert (got - ref.detach()).abs().max() <= 1e-5
+    ulp = {torch.float32: 1e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
+    assert (logits.grad.float() - ref_grad.float()).abs().max() <= ulp * weight.abs().max()
+
+
+def test_cpu_training_attention_is_the_math_kernel_only_under_grad():
+    """Precision rule 7: with autograd on, the CPU forward runs SDPA's math kernel, differentiated op by op (not the
+    fused flash kernel, whose backward is the slow one in bf16); without grad, and on other devices, nothing is
+    forced."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from transformer_squared.precision import attention_for
+
+    q, k, v = (torch.randn(1, 2, 4, 8, requires_grad=True) for _ in range(3))
+    assert "Flash" in type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__  # PyTorch's own choice
+    with attention_for("cpu"):
+        assert "Flash" not in type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
+    with torch.no_grad():
+        assert isinstance(attention_for("cpu"), contextlib.nullcontext)
+    assert isinstance(attention_for("cuda"), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))
+def test_composed_weight_below_float32_is_the_float32_sum_rounded_once(dtype):
+    """compose_weight adds W and the change in the compute dtype directly: the same bits as (W.float() + change.float())
+    cast once, since elementwise bf16/fp16 arithmetic computes in float32 and rounds once."""
+    from transformer_squared.svf import compose_weight
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(48, 32, generator=g) * 0.05
+    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    s2 = S * (1 + 0.1 * torch.randn(S.shape, generator=g))
+    Wd, Ud, Vd = W.to(dtype), U.to(dtype), Vh.to(dtype)
+    change = (Ud * (s2 - S).to(dtype)) @ Vd
+    expected = (Wd.float() + change.float()).to(dtype)
+    assert torch.equal(compose_weight(Ud, s2, Vd, dtype, base=Wd, S=S), expected)

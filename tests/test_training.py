@@ -242,6 +242,29 @@ def test_sft_warm_start_then_the_objective(tiny_llama_dir, tmp_path):
         TrainConfig(out="x", steps=3, sft_steps=4)
 
 
+def test_valid_split_dev_trains_on_the_whole_train_file(tmp_path):
+    """--valid-split dev: checkpoints are chosen on ARC's Dev file, and the odd half of Train that 'valid' held out
+    is trained on too; the test split (or train) can never choose checkpoints, and an unknown split is refused."""
+    from transformer_squared.training.trainer import training_and_validation
+
+    rows = [{"id": f"q{i}", "question": {"stem": f"Q{i}?", "choices": [{"text": t, "label": l} for t, l in
+             zip(("yes", "no"), "AB")]}, "answerKey": "A"} for i in range(10)]
+    for role, n in (("Train", 10), ("Dev", 4), ("Test", 3)):
+        (tmp_path / f"ARC-Easy-{role}.jsonl").write_text("".join(json.dumps({**r, "id": f"{role}{i}"}) + "\n"
+                                                                 for i, r in enumerate(rows[:n])))
+    task = ArcTask(str(tmp_path))
+    train_set, valid_set = training_and_validation(task, TrainConfig(out="x", valid_n=3))
+    assert (len(train_set), len(valid_set)) == (5, 3)  # even / odd halves of Train
+    train_set, valid_set = training_and_validation(task, TrainConfig(out="x", valid_n=3, valid_split="dev"))
+    assert sorted(e["id"] for e in train_set) == [f"Train{i}" for i in range(10)]
+    assert [e["id"] for e in valid_set] == ["Dev0", "Dev1", "Dev2"]
+    for split in ("test", "train"):
+        with pytest.raises(ValueError, match=f"--valid-split {split}: checkpoints are chosen on held-out data"):
+            TrainConfig(out="x", valid_split=split)
+    with pytest.raises(ValueError, match="has no split 'holdout'"):
+        training_and_validation(task, TrainConfig(out="x", valid_split="holdout"))
+
+
 TRAINING_KEYS = ("reward", "completion_tokens", "pg_loss", "kl", "grad_norm")
 
 

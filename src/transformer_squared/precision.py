@@ -26,10 +26,15 @@ What lives in which precision (exactly as implemented):
    the sum cast once to the compute dtype. Equal to U diag(σ') Vᵀ in exact arithmetic (W = U diag(σ) Vᵀ), but
    the base comes back bit-exactly at σ' = σ in every dtype and rounding only touches the change.
 6. Log-probabilities and losses are computed in float32 from the compute-dtype logits.
+7. Attention in a forward whose backward will run (training log-probs) uses SDPA's math kernel on the CPU
+   (``attention_for``): the fused CPU flash kernel's backward took 16 ms a layer in bf16 on 32 short rows, 4x its
+   float32 time and a third of an RL step; the math kernel (matmuls + softmax, differentiated by autograd) is as
+   accurate (BENCHMARKS.md). Forward-only work (rollouts, scoring, serving) keeps the fused kernel, faster there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -157,6 +162,16 @@ def cast_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
                 p.data = p.data.to(precision.dtype)
     contiguous_head_input(model)
     return model
+
+
+def attention_for(device: torch.device | str):
+    """The SDPA kernel choice for one forward (precision rule 7): the math kernel on the CPU when autograd will
+    differentiate it, else whatever PyTorch picks."""
+    if torch.device(device).type == "cpu" and torch.is_grad_enabled():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def contiguous_head_input(model: torch.nn.Module) -> None:

@@ -45,6 +45,8 @@ class TrainConfig:
     max_new_tokens: int = option(0, "0 = the task's default")
     valid_every: int = option(10, "validate (greedy) every N steps; the best expert on valid is kept")
     valid_n: int = option(100, "validation examples")
+    valid_split: str = option("valid", "the split checkpoints are chosen on; another one (ARC's 'dev': the upstream "
+                              "Dev file) frees the 'valid' split, which is then trained on too")
     save_every: int = option(10, "checkpoint every N steps (a crash loses at most this many)")
     seed: int = option(0, "batches and samples of step s are seeded from (seed, s)")
     domain: str = option("", "label for self-adaptation (default: the task's domain)")
@@ -84,6 +86,9 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.sft_steps <= self.steps:
             raise ValueError(f"--sft-steps must be in [0, --steps {self.steps}], got {self.sft_steps}")
+        if self.valid_split in ("train", "test"):
+            raise ValueError(f"--valid-split {self.valid_split}: checkpoints are chosen on held-out data that is not "
+                             "the test split; use 'valid' (default) or a task's own dev split")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
         if self.kl_coef < 0:

@@ -86,6 +86,16 @@ def _check_out(cfg: TrainConfig, resume: bool) -> None:
         raise ValueError(f"--out {out} already exists; pass --resume to continue its run or --overwrite to replace it")
 
 
+def training_and_validation(task, cfg: TrainConfig) -> tuple[list, list]:
+    """(train examples, the first valid_n validation examples). Validating on a split other than 'valid' (a dev
+    file) trains on 'valid' as well: it is then held out for nothing."""
+    task.check_split(cfg.valid_split)
+    train_set = task.examples("train")
+    if cfg.valid_split != "valid" and "valid" in task.splits:
+        train_set = train_set + task.examples("valid")
+    return train_set, task.examples(cfg.valid_split)[: cfg.valid_n]
+
+
 def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, task=None, svf=None,
                  state: dict | None = None) -> TrainResult:
     """Train (or resume) one expert. `task` overrides cfg.task with an instance; `svf` reuses a loaded model;
@@ -100,7 +110,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         cfg = TrainConfig(**{**state["config"], "steps": cfg.steps})  # the run's own config; steps may grow
     _check_out(cfg, resume)
     task = task if task is not None else get_task(cfg.task, cfg.data)
-    train_set, valid_set = task.examples("train"), task.examples("valid")[: cfg.valid_n]
+    train_set, valid_set = training_and_validation(task, cfg)
     if not train_set:
         raise ValueError(f"task {task.name!r} has no training examples")
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
@@ -196,6 +206,7 @@ def _validate(cfg: TrainConfig, world, policy, handle, task, valid_set, max_new,
     if world.is_main:
         _save_artifact(cfg, policy, handle, task, {
             "valid_accuracy": result.accuracy, "valid_ci95": list(result.ci95), "valid_n": result.n,
+            "valid_split": cfg.valid_split,
             "step": step, "trainable_params": policy.num_trainable(), "answers": result.answers})
     return result.accuracy, step
 
@@ -236,7 +247,7 @@ def _record_best(cfg: TrainConfig, svf, task) -> None:
 
     expert = Expert.load(cfg.out)
     m = expert.meta.metrics
-    result = EvalResult(task.name, "valid", int(m["valid_n"]), float(m["valid_accuracy"]), tuple(m["valid_ci95"]))
+    result = EvalResult(task.name, cfg.valid_split, int(m["valid_n"]), float(m["valid_accuracy"]), tuple(m["valid_ci95"]))
     # a resumed run whose best is still the saved one (same z) was recorded already
     if not any(r.get("source") == "train" for r in ExpertMemory(Path(cfg.out).resolve().parent).results(expert)):
         record_result(cfg.out, expert, base_fingerprint(svf, expert), task, result, "train")
