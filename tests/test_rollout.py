@@ -178,3 +178,17 @@ def test_chunks_are_whole_groups_covering_every_row_once(N, K, T, max_tokens):
         assert sub.group_size == K and sub.completions == [f"c{i}" for i in part] and len(sub) == len(part)
         rows += part
     assert rows == list(range(N))
+
+
+def test_row_gumbel_is_the_gumbel_max_formula_with_each_rows_own_generator():
+    """RowGumbel (written in place for speed) returns scores / T + G, G = −log(−log u), u ~ U(0, 1) drawn from
+    the row's own seed: bit-equal to the formula computed plainly, and a row's noise does not depend on its batch."""
+    from transformer_squared.training.rollout import RowGumbel
+
+    scores = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0))
+    got = RowGumbel([11, 12, 13], 0.7)(None, scores)
+    for i, seed in enumerate([11, 12, 13]):
+        u = torch.rand(1000, generator=torch.Generator().manual_seed(seed)).clamp_(1e-20, 1 - 1e-7)
+        assert torch.equal(got[i], scores[i] / 0.7 - torch.log(-torch.log(u)))
+    assert torch.equal(RowGumbel([12], 0.7)(None, scores[1:2])[0], got[1])
+    assert torch.equal(scores, torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)))  # input untouched

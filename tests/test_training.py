@@ -265,6 +265,25 @@ def test_valid_split_dev_trains_on_the_whole_train_file(tmp_path):
         training_and_validation(task, TrainConfig(out="x", valid_split="holdout"))
 
 
+def test_init_starts_from_an_expert_and_bad_inits_change_nothing(tiny_llama_dir, tmp_path):
+    """--init E: z starts at E's z (with a learning rate too small to move it, the run ends where E was, not at the
+    identity); an expert for other matrices, another parametrization or LoRA is refused before anything is written."""
+    first = run_config(tiny_llama_dir, tmp_path, "first", objective="sft", steps=2)
+    train(first)
+    start = saved_z(first)
+    assert moved(start)
+    cont = run_config(tiny_llama_dir, tmp_path, "cont", objective="sft", steps=1, lr=1e-12, init=first.out)
+    train(cont)
+    assert all(torch.allclose(saved_z(cont)[n], start[n], atol=1e-6) for n in start)
+    for bad, message in ((dict(targets="attn"), "adapts"), (dict(parametrization="reference"), "parametrization")):
+        cfg = run_config(tiny_llama_dir, tmp_path, "bad", objective="sft", steps=1, init=first.out, **bad)
+        with pytest.raises(ValueError, match=message):
+            train(cfg)
+        assert not Path(cfg.out).exists() and not (Path(cfg.run_dir) / "metrics.jsonl").exists()
+    with pytest.raises(ValueError, match="--init starts z from an SVF expert"):
+        TrainConfig(out="x", method="lora", init=first.out)
+
+
 TRAINING_KEYS = ("reward", "completion_tokens", "pg_loss", "kl", "grad_norm")
 
 

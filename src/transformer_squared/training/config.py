@@ -25,6 +25,8 @@ class TrainConfig:
     run_dir: str | None = option(None, "checkpoints, metrics.jsonl, plot.png; None means runs/<out name>-<hash of "
                                        "out path>")
     method: str = option("svf", "svf | lora")
+    init: str = option("", "SVF: start z from this expert (a folder, or a name in --library / $T2_EXPERTS) instead "
+                       "of the identity, e.g. RL after an SFT expert; the KL reference stays the base model")
     objective: str = option("rloo", "reinforce (paper) | rloo | grpo (clipped, several passes) | sft")
     targets: str = option("mlp", "SVF: matrices to adapt")
     parametrization: str = option("paper", "SVF: paper | reference")
@@ -99,6 +101,8 @@ class TrainConfig:
         for name in ("weight_decay", "max_new_tokens"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.init and self.method != "svf":
+            raise ValueError("--init starts z from an SVF expert; it applies to --method svf only")
         if self.lora_rank < 1:
             raise ValueError("--lora-rank must be at least 1")
         if not 0 <= self.lora_dropout < 1:

@@ -54,13 +54,27 @@ def _build_policy(cfg: TrainConfig, svf=None):
         elif svf.targets != cfg.targets:
             raise ValueError(f"--targets {cfg.targets!r} differs from the loaded model's ({svf.targets!r})")
         svf.remove()
-        return SVFPolicy(svf, cfg.parametrization), svf
+        return SVFPolicy(svf, cfg.parametrization, _initial_z(cfg, svf)), svf
     from ..models import load_model
     from .policy import LoRAPolicy
 
     loaded = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     return LoRAPolicy(loaded.model, loaded.tokenizer, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout,
                       cfg.lora_targets, cfg.seed), loaded
+
+
+def _initial_z(cfg: TrainConfig, svf) -> dict | None:
+    """--init: the z of an expert made for this model and these matrices, in this parametrization (else None)."""
+    if not cfg.init:
+        return None
+    from ..experts import ExpertLibrary
+
+    expert = ExpertLibrary(cfg.library).get(cfg.init)
+    expert.check_compatible(svf)
+    if expert.meta.parametrization != cfg.parametrization:
+        raise ValueError(f"--init {cfg.init}: the expert uses the {expert.meta.parametrization!r} parametrization, "
+                         f"this run {cfg.parametrization!r}; pass --parametrization {expert.meta.parametrization}")
+    return {name: z.float() for name, z in expert.z.items()}
 
 
 def _save_artifact(cfg: TrainConfig, policy, handle, task, metrics: dict) -> None:
