@@ -267,7 +267,8 @@ def test_valid_split_dev_trains_on_the_whole_train_file(tmp_path):
 
 def test_init_starts_from_an_expert_and_bad_inits_change_nothing(tiny_llama_dir, tmp_path):
     """--init E: z starts at E's z (with a learning rate too small to move it, the run ends where E was, not at the
-    identity); an expert for other matrices, another parametrization or LoRA is refused before anything is written."""
+    identity); an expert for other matrices, another parametrization or LoRA is refused before anything is written;
+    resuming does not read E again."""
     first = run_config(tiny_llama_dir, tmp_path, "first", objective="sft", steps=2)
     train(first)
     start = saved_z(first)
@@ -282,6 +283,11 @@ def test_init_starts_from_an_expert_and_bad_inits_change_nothing(tiny_llama_dir,
         assert not Path(cfg.out).exists() and not (Path(cfg.run_dir) / "metrics.jsonl").exists()
     with pytest.raises(ValueError, match="--init starts z from an SVF expert"):
         TrainConfig(out="x", method="lora", init=first.out)
+    import shutil
+
+    shutil.rmtree(first.out)  # a resumed run takes z from its checkpoint: the init expert is no longer needed
+    train(TrainConfig(out=cont.out, run_dir=cont.run_dir, steps=2), resume=True)
+    assert [r["step"] for r in metrics(cont)] == [1, 2]
 
 
 TRAINING_KEYS = ("reward", "completion_tokens", "pg_loss", "kl", "grad_norm")

@@ -44,7 +44,7 @@ class TrainResult:
     seconds: float
 
 
-def _build_policy(cfg: TrainConfig, svf=None):
+def _build_policy(cfg: TrainConfig, svf=None, resuming: bool = False):
     if cfg.method == "svf":
         from ..svf import load_svf
         from .policy import SVFPolicy
@@ -54,7 +54,8 @@ def _build_policy(cfg: TrainConfig, svf=None):
         elif svf.targets != cfg.targets:
             raise ValueError(f"--targets {cfg.targets!r} differs from the loaded model's ({svf.targets!r})")
         svf.remove()
-        return SVFPolicy(svf, cfg.parametrization, _initial_z(cfg, svf)), svf
+        z = None if resuming else _initial_z(cfg, svf)  # a resumed run's z comes from its checkpoint
+        return SVFPolicy(svf, cfg.parametrization, z), svf
     from ..models import load_model
     from .policy import LoRAPolicy
 
@@ -129,7 +130,7 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
         raise ValueError(f"task {task.name!r} has no training examples")
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
 
-    policy, handle = _build_policy(cfg, svf)
+    policy, handle = _build_policy(cfg, svf, resuming=state is not None)
     model, tokenizer = policy.model, policy.tokenizer
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best, best_step, inner = _restore(state, policy, optimizer)
