@@ -33,13 +33,14 @@ def _base(svf, library, **options) -> Strategy:
 def _prompt(svf, library, **options) -> Strategy:
     from .classify import PromptStrategy
 
-    return PromptStrategy(_routes(library, options))
+    return PromptStrategy(_routes(library, options), batch_size=options.get("batch_size", 16))
 
 
 def _classifier(svf, library, **options) -> Strategy:
     from .classify import ClassifierStrategy, find_classifier
 
-    return ClassifierStrategy(_routes(library, options), find_classifier(library, options.get("classifier")))
+    return ClassifierStrategy(_routes(library, options), find_classifier(library, options.get("classifier")),
+                              batch_size=options.get("batch_size", 16))
 
 
 def _embedding(svf, library, **options) -> Strategy:
@@ -68,8 +69,9 @@ STRATEGIES: dict = {"base": _base, "prompt": _prompt, "classifier": _classifier,
 
 def build_strategy(name: str, svf, library, **options) -> Strategy:
     """A ready strategy, from a `STRATEGIES` name or a dotted path (`package.module:builder`) to a builder with the
-    same signature. Options: routes ({domain: expert}, when the caller has them: not loaded again); classifier
-    (name), encoder (path), threshold (embedding); task, shots, data, cem (a CEMConfig), progress (cem)."""
+    same signature. Options: routes ({domain: expert}, when the caller has them: not loaded again); batch_size (of
+    pass 1's generations: prompt, classifier; default 16); classifier (name), encoder (path), threshold (embedding);
+    task, shots, data, cem (a CEMConfig), progress (cem)."""
     if name in STRATEGIES:
         builder = STRATEGIES[name]
     elif "." in name or ":" in name:

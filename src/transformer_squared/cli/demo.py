@@ -30,6 +30,7 @@ EXPERT_RUNS = {  # name -> TrainConfig fields; small enough for a first run with
 }
 CLASSIFIER_RUN = {"objective": "sft", "steps": 8, "batch_size": 8, "lr": 3e-3, "valid_every": 8, "valid_n": 24}
 CEM_RUN = {"population": 8, "iterations": 3, "elite_ratio": 0.25, "fitness": "accuracy"}
+BATCH = 32  # the mixed set's 24 prompts in one batch, in pass 1 and pass 2
 SHOTS = 16  # 8 shots left the arithmetic expert at 0/8 on addition3 by chance (38% on test): too few to rank
 
 
@@ -152,8 +153,8 @@ def _answer_mixed_set(svf, library, n: int, log) -> tuple[dict, dict]:
     log(f"[3/4] answering {n} test prompts of each of {', '.join(DEMO_TASKS)} ({UNSEEN} has no expert)")
     reports = {}
     for name in ("base", "prompt", "classifier", "embedding"):
-        strategy = build_strategy(name, svf, library)
-        reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=32, routes=routes)
+        strategy = build_strategy(name, svf, library, routes=routes, batch_size=BATCH)  # pass 1 in one batch too
+        reports[name] = evaluate_strategy(svf, tasks, strategy, n=n, batch_size=BATCH, routes=routes)
     for line in answer_table({name: r.records for name, r in reports.items()}):
         log(line)
     return reports, routes
@@ -175,10 +176,10 @@ def _adapt_to_unseen(svf, library, routes: dict, base_report, n: int, retrain: b
         library.add(fewshot.adapt(svf), cem_name, overwrite=True)
     rows = {"base": base_report}
     for expert in routes.values():
-        rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n, batch_size=32,
+        rows[f"expert {expert.name}"] = evaluate_strategy(svf, [unseen], FixedStrategy(expert), n=n, batch_size=BATCH,
                                                           progress=False)
     cem_expert = library.get(cem_name)
-    rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n, batch_size=32,
+    rows["cem mixture"] = evaluate_strategy(svf, [unseen], FixedStrategy(cem_expert, "cem"), n=n, batch_size=BATCH,
                                             progress=False)
     alpha = {k: round(v, 2) for k, v in (cem_expert.meta.alpha or {}).items() if isinstance(v, float)}
     return rows, alpha
