@@ -345,19 +345,18 @@ def test_lm_head_gets_a_contiguous_input_and_the_same_logits(tiny_folder, one_th
     torch.testing.assert_close(fixed, sliced, rtol=1e-5, atol=1e-5)  # same maths, only the memory layout differs
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-def test_target_logprobs_equal_log_softmax_and_its_gradient(dtype, one_thread):
+def check_target_logprobs(dtype, device, rows: int, vocab: int):
     """The chunked log-prob (logprobs._TargetLogProb) against log_softmax(x.float()).gather(t): values and
-    gradients agree to float32 rounding order (1e-5 on logits of magnitude ~10), in chunks of ~10 rows here, with a
-    last chunk that is cut short (23 rows). Gradients are compared in the logits' dtype, where both are rounded
-    once: within one unit of that dtype's rounding (half an ulp each side) of values ≤ 1."""
+    gradients agree to float32 rounding order (1e-5 on logits of magnitude ~10), over several chunks with a last one
+    cut short. Gradients are compared in the logits' dtype, where both are rounded once: within one unit of that
+    dtype's rounding (half an ulp each side) of values ≤ 1."""
     from transformer_squared.logprobs import _rows_per_chunk, target_logprobs
 
     g = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(23, 50_000, generator=g)).to(dtype).requires_grad_()
-    target = torch.randint(0, 50_000, (23,), generator=g)
-    weight = torch.randn(23, generator=g)
-    assert 23 % _rows_per_chunk(logits) != 0 and _rows_per_chunk(logits) < 23  # several chunks, the last one short
+    logits = (3 * torch.randn(rows, vocab, generator=g)).to(device, dtype).requires_grad_()
+    target = torch.randint(0, vocab, (rows,), generator=g).to(device)
+    weight = torch.randn(rows, generator=g).to(device)
+    assert rows % _rows_per_chunk(logits) != 0 and _rows_per_chunk(logits) < rows  # several chunks, the last short
     ref = torch.log_softmax(logits.float(), -1).gather(-1, target[:, None]).squeeze(-1)
     (ref * weight).sum().backward()
     ref_grad, logits.grad = logits.grad.clone(), None
@@ -367,6 +366,18 @@ def test_target_logprobs_equal_log_softmax_and_its_gradient(dtype, one_thread):
     assert (got - ref.detach()).abs().max() <= 1e-5
     ulp = {torch.float32: 1e-6, torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     assert (logits.grad.float() - ref_grad.float()).abs().max() <= ulp * weight.abs().max()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_target_logprobs_equal_log_softmax_and_its_gradient(dtype, one_thread):
+    check_target_logprobs(dtype, "cpu", rows=23, vocab=50_000)  # ~10 rows a chunk on the CPU
+
+
+@pytest.mark.cuda
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_target_logprobs_equal_log_softmax_and_its_gradient_cuda(dtype):
+    check_target_logprobs(dtype, "cuda", rows=1500, vocab=50_000)  # 1,342 rows a chunk on a GPU
 
 
 def test_cpu_training_attention_is_the_math_kernel_only_under_grad():
