@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for the day a CUDA GPU is lent: runs the cuda-marked tests, `t2 demo` in bf16 and the bf16-vs-float32
-# RL-step / rollout / decode benchmark on the GPU, and prints one table (check, status, seconds, detail).
+# RL-step / rollout / CEM / decode / serve benchmark on the GPU, and prints one table (check, status, seconds, detail).
 #
 #     bash bench/device_check.sh [--device cuda:0] [--skip-demo]
 #
@@ -51,9 +51,9 @@ if [ "$SKIP_DEMO" -eq 0 ]; then
 fi
 
 t0=$SECONDS
-$PY bench/bench_precision.py --device "$DEVICE" --only rl rollout decode --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
+$PY bench/bench_precision.py --device "$DEVICE" --only rl rollout cem decode serve --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1
 rc=$?
-ROWS+=("bench rl/rollout/decode|$([ $rc -eq 0 ] && echo ok || echo "FAIL($rc)")|$((SECONDS - t0))|see below")
+ROWS+=("bench rl/rollout/cem/decode/serve|$([ $rc -eq 0 ] && echo ok || echo "FAIL($rc)")|$((SECONDS - t0))|see below")
 
 echo
 printf '%-26s %-9s %8s  %s\n' check status seconds detail
@@ -65,6 +65,6 @@ for row in "${ROWS[@]}"; do
   [ "$status" = ok ] || failed=1
 done
 echo
-grep -E '^(rl|rollout|decode) ' "$OUT/bench.log" || tail -n 5 "$OUT/bench.log"
+grep -E "^(rl|rollout|cem|decode|serve) " "$OUT/bench.log" || tail -n 5 "$OUT/bench.log"
 echo "logs: $OUT"
 exit $failed
