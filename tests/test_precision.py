@@ -397,6 +397,24 @@ def test_cpu_training_attention_is_the_math_kernel_only_under_grad():
     with torch.no_grad():
         assert isinstance(attention_for("cpu"), contextlib.nullcontext)
     assert isinstance(attention_for("cuda"), contextlib.nullcontext)
+    from transformer_squared.precision import MATH_ATTENTION_MAX
+
+    with attention_for("cpu", MATH_ATTENTION_MAX + 1):  # large attention: the math kernel would keep too much
+        assert "Flash" in type(F.scaled_dot_product_attention(q, k, v).grad_fn).__name__
+
+
+def test_attention_size_of_a_rollout_counts_heads_rows_and_lengths():
+    """The size rule 7 compares: B × H × Lq × Lk of the largest attention of the log-prob forward."""
+    from types import SimpleNamespace
+
+    from transformer_squared.logprobs import Rollout, _attention_size
+
+    model = SimpleNamespace(config=SimpleNamespace(num_attention_heads=9))
+    ids, mask = torch.zeros(8, 50, dtype=torch.long), torch.ones(8, 50, dtype=torch.long)
+    flat = Rollout(ids, mask, torch.ones(8, 20), 30, [""] * 8)
+    assert _attention_size(model, flat) == 9 * 8 * 50 * 50
+    grouped = Rollout(ids, mask, torch.ones(8, 20), 30, [""] * 8, 4)  # 2 prompts prefilled once, 8 × 20 completions
+    assert _attention_size(model, grouped) == 9 * max(2 * 30 * 30, 8 * 20 * 50)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))

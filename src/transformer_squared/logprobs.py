@@ -94,9 +94,19 @@ def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     rollout = rollout.to(model.device)
     P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
     target = rollout.input_ids[:, P:]  # (N, C)
-    with attention_for(model.device):
+    with attention_for(model.device, _attention_size(model, rollout)):
         logits = _completion_logits(model, rollout, P, C, K, target)
     return target_logprobs(logits, target) * rollout.completion_mask
+
+
+def _attention_size(model, rollout: Rollout) -> int:
+    """B × H × Lq × Lk of the largest attention in `_completion_logits`: the whole rows (K = 1), else the larger of
+    the shared prompt prefill and the completions over prompt + completion."""
+    N, L = rollout.input_ids.shape
+    P, K = rollout.prompt_len, rollout.group_size
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", 1)
+    size = N * L * L if K == 1 else max(N // K * P * P, N * (L - P) * L)
+    return heads * size
 
 
 def _rows_per_chunk(logits: torch.Tensor) -> int:

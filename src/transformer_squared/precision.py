@@ -26,10 +26,13 @@ What lives in which precision (exactly as implemented):
    the sum cast once to the compute dtype. Equal to U diag(σ') Vᵀ in exact arithmetic (W = U diag(σ) Vᵀ), but
    the base comes back bit-exactly at σ' = σ in every dtype and rounding only touches the change.
 6. Log-probabilities and losses are computed in float32 from the compute-dtype logits.
-7. Attention in a forward whose backward will run (training log-probs) uses SDPA's math kernel on the CPU
-   (``attention_for``): the fused CPU flash kernel's backward took 16 ms a layer in bf16 on 32 short rows, 4x its
-   float32 time and a third of an RL step; the math kernel (matmuls + softmax, differentiated by autograd) is as
-   accurate (BENCHMARKS.md). Forward-only work (rollouts, scoring, serving) keeps the fused kernel, faster there.
+7. Attention in a forward whose backward will run (training log-probs) uses SDPA's math kernel on the CPU when
+   its attention matrices are small (``attention_for``): the fused CPU flash kernel's backward took 16 ms a layer
+   in bf16 on 32 short rows, 4x its float32 time and a third of an RL step; the math kernel (matmuls + softmax,
+   differentiated by autograd) is as accurate. It keeps every B × H × Lq × Lk probability for the backward, so
+   above MATH_ATTENTION_MAX of them per layer (measured: faster at 16 rows × 134 tokens, slower and +2 GB at
+   16 × 234; BENCHMARKS.md) the fused kernel stays. Forward-only work (rollouts, scoring, serving) keeps the fused
+   kernel, faster there.
 """
 
 from __future__ import annotations
@@ -164,10 +167,14 @@ def cast_model(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
     return model
 
 
-def attention_for(device: torch.device | str):
+MATH_ATTENTION_MAX = 4_000_000  # attention probabilities per layer (B × H × Lq × Lk) up to which rule 7 applies
+
+
+def attention_for(device: torch.device | str, attention_size: int = 0):
     """The SDPA kernel choice for one forward (precision rule 7): the math kernel on the CPU when autograd will
-    differentiate it, else whatever PyTorch picks."""
-    if torch.device(device).type == "cpu" and torch.is_grad_enabled():
+    differentiate it and each layer's attention has at most MATH_ATTENTION_MAX probabilities (`attention_size`:
+    B × H × Lq × Lk of the forward's largest attention), else whatever PyTorch picks."""
+    if torch.device(device).type == "cpu" and torch.is_grad_enabled() and attention_size <= MATH_ATTENTION_MAX:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         return sdpa_kernel(SDPBackend.MATH)
