@@ -92,11 +92,9 @@ def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str
 def token_logprobs(model, rollout: Rollout) -> torch.Tensor:
     """log π(token | prefix) for every completion token: (N, C), zero where completion_mask is 0."""
     rollout = rollout.to(model.device)
-    P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
-    target = rollout.input_ids[:, P:]  # (N, C)
     with attention_for(model.device, _attention_size(model, rollout)):
-        logits = _completion_logits(model, rollout, P, C, K, target)
-    return target_logprobs(logits, target) * rollout.completion_mask
+        logits = _completion_logits(model, rollout)
+    return target_logprobs(logits, rollout.input_ids[:, rollout.prompt_len:]) * rollout.completion_mask
 
 
 def _attention_size(model, rollout: Rollout) -> int:
@@ -150,8 +148,10 @@ def target_logprobs(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return _TargetLogProb.apply(logits, target)
 
 
-def _completion_logits(model, rollout: Rollout, P: int, C: int, K: int, target: torch.Tensor) -> torch.Tensor:
+def _completion_logits(model, rollout: Rollout) -> torch.Tensor:
     """(N, C, V) logits predicting each completion token; a group of K rows shares one prompt prefill."""
+    P, C, K = rollout.prompt_len, rollout.completion_mask.shape[1], rollout.group_size
+    target = rollout.input_ids[:, P:]  # (N, C)
     if K == 1:
         logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                        position_ids=positions(rollout.attention_mask), logits_to_keep=C + 1,

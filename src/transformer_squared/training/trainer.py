@@ -49,12 +49,15 @@ def _build_policy(cfg: TrainConfig, svf=None, resuming: bool = False):
         from ..svf import load_svf
         from .policy import SVFPolicy
 
+        init = None if resuming else _init_expert(cfg)  # a resumed run's z comes from its checkpoint
         if svf is None:
             svf = load_svf(cfg.model, targets=cfg.targets, device=cfg.device, dtype=cfg.dtype)
         elif svf.targets != cfg.targets:
             raise ValueError(f"--targets {cfg.targets!r} differs from the loaded model's ({svf.targets!r})")
         svf.remove()
-        z = None if resuming else _initial_z(cfg, svf)  # a resumed run's z comes from its checkpoint
+        if init is not None:
+            init.check_compatible(svf)
+        z = None if init is None else {name: t.float() for name, t in init.z.items()}
         return SVFPolicy(svf, cfg.parametrization, z), svf
     from ..models import load_model
     from .policy import LoRAPolicy
@@ -64,18 +67,18 @@ def _build_policy(cfg: TrainConfig, svf=None, resuming: bool = False):
                       cfg.lora_targets, cfg.seed), loaded
 
 
-def _initial_z(cfg: TrainConfig, svf) -> dict | None:
-    """--init: the z of an expert made for this model and these matrices, in this parametrization (else None)."""
+def _init_expert(cfg: TrainConfig):
+    """--init: the expert z starts from, in this run's parametrization (None without --init). Read before the model
+    is loaded, so that a wrong name or parametrization fails at once; its fit to the model is checked after."""
     if not cfg.init:
         return None
     from ..experts import ExpertLibrary
 
     expert = ExpertLibrary(cfg.library).get(cfg.init)
-    expert.check_compatible(svf)
     if expert.meta.parametrization != cfg.parametrization:
         raise ValueError(f"--init {cfg.init}: the expert uses the {expert.meta.parametrization!r} parametrization, "
                          f"this run {cfg.parametrization!r}; pass --parametrization {expert.meta.parametrization}")
-    return {name: z.float() for name, z in expert.z.items()}
+    return expert
 
 
 def _save_artifact(cfg: TrainConfig, policy, handle, task, metrics: dict) -> None:
