@@ -137,6 +137,8 @@ def test_configs_are_built_from_flags_with_their_defaults_and_checks():
     (["eval", "--task", "arithmetic", "--expert", "e", "--lora", "l"], "pass --expert or --lora, not both"),
     (["eval", "--tasks", "arithmetic", "--expert", "e"], "--strategy picks experts itself"),
     (["eval"], "pass --task (one task), or --tasks a,b"),
+    (["train", "--out", "e", "--train-filter", "some"], "--train-filter 'some': choose one of all, known"),
+    (["train", "--out", "e", "--train-filter", "known"], "--train-filter known needs a multiple-choice task"),
 ])
 def test_verb_configs_refuse_flag_combinations_naming_the_flags(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -265,6 +265,84 @@ def test_valid_split_dev_trains_on_the_whole_train_file(tmp_path):
         training_and_validation(task, TrainConfig(out="x", valid_split="holdout"))
 
 
+def arc_folder(root: Path, n: int = 12) -> Path:
+    """An ARC-Easy folder of n four-option questions (keys rotating over A-D in each half) in the upstream layout."""
+    options = ("red", "a cat", "water", "the sun", "ice", "seven", "iron", "a tree")
+    rows = [{"id": f"q{i}", "question": {"stem": f"What is {i} like?", "choices": [
+             {"text": options[(i + j) % len(options)], "label": l} for j, l in enumerate("ABCD")]},
+             "answerKey": "ABCD"[(i // 2) % 4]} for i in range(n)]
+    root.mkdir(parents=True, exist_ok=True)
+    for role in ("Train", "Dev", "Test"):
+        (root / f"ARC-Easy-{role}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_option_scores_are_the_log_likelihood_of_each_option_after_its_question(tiny_model):
+    """training/known.py scores options as lm-eval scores ARC: the summed log-probability of " option" after
+    "Question: q\nAnswer:", raw text. Checked against one unpadded forward per option (batching pads and sorts
+    rows, which must not change a score beyond float32 rounding)."""
+    from conftest import char_tokenizer
+    from transformer_squared.training.known import CONTEXT, is_known, option_scores
+
+    model, tok = tiny_model("llama"), char_tokenizer()
+    examples = [{"question": q, "choices": c} for q, c in (("Why?", ["no", "because it is"]),
+                                                           ("A long question, really?", ["x", "yes", "maybe not"]))]
+    scores = option_scores(model, tok, examples, progress=False)
+    for e, got in zip(examples, scores):
+        for text, score in zip(e["choices"], got):
+            context = tok(CONTEXT.format(question=e["question"]), add_special_tokens=False)["input_ids"]
+            option = tok(" " + text, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = model(torch.tensor([context + option])).logits[0].log_softmax(-1)
+            expected = sum(float(logp[len(context) - 1 + t, token]) for t, token in enumerate(option))
+            assert math.isclose(score, expected, abs_tol=1e-4), (text, score, expected)
+    assert is_known([-1.0, -2.0, -3.0], 0) and not is_known([-1.0, -2.0, -3.0], 1)
+    assert not is_known([-1.0, -1.0], 0)  # a tie is not knowledge
+
+
+def test_train_filter_known_trains_on_the_questions_the_base_model_ranks_right(tiny_llama_dir, tmp_path):
+    """--train-filter known: the run scores every training question once with the base model, keeps those whose
+    key ranks first (known.json in the run folder: indices and scores) and samples its batches from them only; a
+    resumed run reads known.json back; a task without options is refused before the model loads, and a known.json
+    made for other examples is refused, not trusted."""
+    from transformer_squared.training.known import is_known
+
+    data = arc_folder(tmp_path / "arc")
+    cfg = run_config(tiny_llama_dir, tmp_path, "known", task="arc_text", data=str(data), objective="sft", steps=2,
+                     train_filter="known", valid_n=2, max_new_tokens=8)
+    train(cfg)
+    saved = json.loads((Path(cfg.run_dir) / "known.json").read_text())
+    examples = ArcTask(str(data)).examples("train")
+    keys = [e["labels"].index(e["answer"]) for e in examples]
+    assert saved["known"] == [i for i, (s, k) in enumerate(zip(saved["scores"], keys)) if is_known(s, k)]
+    assert 0 < len(saved["known"]) < len(examples)  # the random model knows some questions, not all
+
+    seen = []
+    import transformer_squared.training.trainer as trainer
+
+    original = trainer.teacher_forced
+    def spy(tokenizer, prompts, completions, system=None):
+        seen.extend(prompts)
+        return original(tokenizer, prompts, completions, system)
+    known_stems = {examples[i]["question"] for i in saved["known"]}
+    trainer.teacher_forced = spy
+    try:
+        train(TrainConfig(out=cfg.out, run_dir=cfg.run_dir, steps=5), resume=True)
+    finally:
+        trainer.teacher_forced = original
+    assert seen and all(any(p.endswith(f"Question: {stem}") for stem in known_stems) for p in seen)
+
+    (Path(cfg.run_dir) / "known.json").write_text(json.dumps({**saved, "examples": 99}))
+    with pytest.raises(ValueError, match="was made for other training examples"):
+        train(TrainConfig(out=cfg.out, run_dir=cfg.run_dir, steps=6), resume=True)
+    bad = run_config(tiny_llama_dir, tmp_path, "notchoice", objective="sft", steps=1, train_filter="known")
+    with pytest.raises(ValueError, match="--train-filter known needs a multiple-choice task"):
+        train(bad)
+    assert not Path(bad.out).exists() and not Path(bad.run_dir).exists()
+    with pytest.raises(ValueError, match="--train-filter 'some'"):
+        TrainConfig(out="x", train_filter="some")
+
+
 def test_init_starts_from_an_expert_and_bad_inits_change_nothing(tiny_llama_dir, tmp_path):
     """--init E: z starts at E's z (with a learning rate too small to move it, the run ends where E was, not at the
     identity); an expert for other matrices, another parametrization or LoRA is refused before anything is written;

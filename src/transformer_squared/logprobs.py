@@ -77,9 +77,18 @@ def prefill(model, ids: torch.Tensor, mask: torch.Tensor, repeats: int):
 
 def teacher_forced(tokenizer, prompts: list, completions: list[str], system: str | None = None) -> Rollout:
     """A rollout built from given completions (SFT targets), eos appended, in the same layout."""
-    texts = [chat_text(tokenizer, p, system) for p in prompts]
+    return _given(tokenizer, [chat_text(tokenizer, p, system) for p in prompts], completions, eos=True)
+
+
+def continuations(tokenizer, contexts: list[str], texts: list[str]) -> Rollout:
+    """A rollout of `texts` right after raw `contexts` (no chat template, no eos): log-likelihood scoring, as
+    lm-evaluation-harness scores an option after its question."""
+    return _given(tokenizer, contexts, texts, eos=False)
+
+
+def _given(tokenizer, texts: list[str], completions: list[str], eos: bool) -> Rollout:
     batch = encode(tokenizer, texts)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if eos and tokenizer.eos_token_id is not None else []
     ids = [tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in completions]
     C = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id

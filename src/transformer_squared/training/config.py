@@ -13,7 +13,8 @@ from ..config import device_option, dtype_option, option
 
 OBJECTIVES = ("reinforce", "rloo", "grpo", "sft")
 METHODS = ("svf", "lora")
-LOSS_NORMS = ("sequence", "token")  # grpo's normalisers (training/objectives.py)
+LOSS_NORMS = ("sequence", "token")
+TRAIN_FILTERS = ("all", "known")  # grpo's normalisers (training/objectives.py)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class TrainConfig:
     valid_n: int = option(100, "validation examples")
     valid_split: str = option("valid", "the split checkpoints are chosen on; another one (ARC's 'dev': the upstream "
                               "Dev file) frees the 'valid' split, which is then trained on too")
+    train_filter: str = option("all", "all | known: train only on the multiple-choice questions whose key the base "
+                               "model ranks first by log-likelihood, as lm-eval scores ARC (training/known.py)")
     save_every: int = option(10, "checkpoint every N steps (a crash loses at most this many)")
     seed: int = option(0, "batches and samples of step s are seeded from (seed, s)")
     domain: str = option("", "label for self-adaptation (default: the task's domain)")
@@ -91,6 +94,8 @@ class TrainConfig:
         if self.valid_split in ("train", "test"):
             raise ValueError(f"--valid-split {self.valid_split}: checkpoints are chosen on held-out data that is not "
                              "the test split; use 'valid' (default) or a task's own dev split")
+        if self.train_filter not in TRAIN_FILTERS:
+            raise ValueError(f"--train-filter {self.train_filter!r}: choose one of {', '.join(TRAIN_FILTERS)}")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
         if self.kl_coef < 0:

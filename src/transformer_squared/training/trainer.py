@@ -30,6 +30,7 @@ from ..tasks import get_task
 from .config import TrainConfig, check_run_owner
 from .distributed import current as current_world, evaluate_sharded
 from .grpo import grpo_step
+from .known import check_choice_task, known_examples
 from .objectives import advantages, policy_loss, sft_loss
 from .rollout import sample
 
@@ -131,10 +132,16 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     train_set, valid_set = training_and_validation(task, cfg)
     if not train_set:
         raise ValueError(f"task {task.name!r} has no training examples")
+    if cfg.train_filter == "known":
+        check_choice_task(task.name, train_set)  # before the model loads: a wrong task fails at once
     max_new = cfg.max_new_tokens or default_max_new_tokens(task)
 
     policy, handle = _build_policy(cfg, svf, resuming=state is not None)
     model, tokenizer = policy.model, policy.tokenizer
+    if cfg.train_filter == "known":
+        train_set = known_examples(policy, task.name, train_set, run_dir / "known.json", progress and world.is_main)
+        if progress and world.is_main:
+            print(f"--train-filter known: {len(train_set)} training questions whose key the base model ranks first")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best, best_step, inner = _restore(state, policy, optimizer)
     run_log = _RunLog(run_dir, cfg, start, resume) if world.is_main else None  # rank 0 alone writes
