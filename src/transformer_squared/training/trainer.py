@@ -140,8 +140,8 @@ def train_expert(cfg: TrainConfig, resume: bool = False, progress: bool = True, 
     model, tokenizer = policy.model, policy.tokenizer
     if cfg.train_filter == "known":
         train_set = known_examples(policy, task.name, train_set, run_dir / "known.json", progress and world.is_main)
-        if progress and world.is_main:
-            print(f"--train-filter known: {len(train_set)} training questions whose key the base model ranks first")
+        logging.getLogger(__name__).info("--train-filter known: %d training questions whose key the base model "
+                                         "ranks first", len(train_set))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, best, best_step, inner = _restore(state, policy, optimizer)
     run_log = _RunLog(run_dir, cfg, start, resume) if world.is_main else None  # rank 0 alone writes
