@@ -300,7 +300,8 @@ def test_option_scores_are_the_log_likelihood_of_each_option_after_its_question(
     assert not is_known([-1.0, -1.0], 0)  # a tie is not knowledge
 
 
-def test_train_filter_known_trains_on_the_questions_the_base_model_ranks_right(tiny_llama_dir, tmp_path):
+def test_train_filter_known_trains_on_the_questions_the_base_model_ranks_right(tiny_llama_dir, tmp_path,
+                                                                               monkeypatch):
     """--train-filter known: the run scores every training question once with the base model, keeps those whose
     key ranks first (known.json in the run folder: indices and scores) and samples its batches from them only; a
     resumed run reads known.json back; a task without options is refused before the model loads, and a known.json
@@ -317,19 +318,15 @@ def test_train_filter_known_trains_on_the_questions_the_base_model_ranks_right(t
     assert saved["known"] == [i for i, (s, k) in enumerate(zip(saved["scores"], keys)) if is_known(s, k)]
     assert 0 < len(saved["known"]) < len(examples)  # the random model knows some questions, not all
 
-    seen = []
     import transformer_squared.training.trainer as trainer
 
-    original = trainer.teacher_forced
-    def spy(tokenizer, prompts, completions, system=None):
+    seen, original = [], trainer.teacher_forced
+    def spy(tokenizer, prompts, completions, system=None):  # the SFT batches' prompts
         seen.extend(prompts)
         return original(tokenizer, prompts, completions, system)
+    monkeypatch.setattr(trainer, "teacher_forced", spy)
+    train(TrainConfig(out=cfg.out, run_dir=cfg.run_dir, steps=5), resume=True)
     known_stems = {examples[i]["question"] for i in saved["known"]}
-    trainer.teacher_forced = spy
-    try:
-        train(TrainConfig(out=cfg.out, run_dir=cfg.run_dir, steps=5), resume=True)
-    finally:
-        trainer.teacher_forced = original
     assert seen and all(any(p.endswith(f"Question: {stem}") for stem in known_stems) for p in seen)
 
     (Path(cfg.run_dir) / "known.json").write_text(json.dumps({**saved, "examples": 99}))

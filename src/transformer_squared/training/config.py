@@ -13,8 +13,8 @@ from ..config import device_option, dtype_option, option
 
 OBJECTIVES = ("reinforce", "rloo", "grpo", "sft")
 METHODS = ("svf", "lora")
-LOSS_NORMS = ("sequence", "token")
-TRAIN_FILTERS = ("all", "known")  # grpo's normalisers (training/objectives.py)
+LOSS_NORMS = ("sequence", "token")  # grpo's normalisers (training/objectives.py)
+TRAIN_FILTERS = ("all", "known")  # --train-filter (training/known.py)
 
 
 @dataclass

@@ -69,8 +69,8 @@ def check_choice_task(task_name: str, examples: list[dict]) -> None:
 
 def known_examples(policy, task_name: str, examples: list[dict], cache: Path, progress: bool = True) -> list[dict]:
     """The examples whose key the base model ranks first; their indices are kept in `cache` (a run's known.json)
-    and read back from it on resume, after checking that it was made for these examples."""
-    check_choice_task(task_name, examples)
+    and read back from it on resume, after checking that it was made for these examples. The examples are those
+    `check_choice_task` accepted (the trainer checks them before loading the model)."""
     fingerprint = {"task": task_name, "examples": len(examples), "context": CONTEXT}
     if cache.is_file():
         saved = json.loads(cache.read_text())
