@@ -2,6 +2,7 @@
 weights), side by side in one process, interleaved and repeated; the default model.
 
     python bench/bench_decode.py [--dtypes float32 bfloat16] [--batches 1 4] [--tokens 32] [--repeats 3]
+    python bench/bench_decode.py --lookup 10 [--dtypes bfloat16] [--tokens 96] [--repeats 2]
 
 Per dtype and batch size: median tokens/s of each path, their ratio, the first packed call's extra seconds (the
 packing: paid once per weight version), and whether the greedy tokens are equal. Also times repacking after an
@@ -12,6 +13,12 @@ against the plain path: its compile seconds (the first call), tokens/s and greed
 with inductor's freezing (weights become constants, linears get oneDNN-packed) instead; `--compile-prepacked`
 compiles with the linears as an opaque custom op on packed weights (an experiment: decoding.prepacked itself
 checks weight addresses in Python, which dynamo cannot trace).
+
+`--lookup N` times batch-1 answers of four kinds of prompt (ARC-Easy option text, MBPP code, GSM8K, open chat; the
+data sets from ../shared/data) instead, each answered to its natural end (at most --tokens): plain `generate`,
+`--prepack`, prompt lookup decoding with N proposed tokens (`--lookup N`, generation.lookup_options) and both together,
+interleaved prompt by prompt. Per kind and overall: tokens/s of each path, its ratio to plain, and how many answers
+equal the plain greedy answer.
 """
 
 from __future__ import annotations
@@ -94,7 +101,13 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time static cache + torch.compile")
     ap.add_argument("--freezing", action="store_true", help="compile with inductor freezing")
     ap.add_argument("--compile-prepacked", action="store_true", help="compile with packed linears (custom op)")
+    ap.add_argument("--lookup", type=int, default=0, help="time prompt lookup decoding with N proposed tokens instead")
+    ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     args = ap.parse_args()
+    if args.lookup:
+        for dtype in args.dtypes:
+            lookup_side_by_side(dtype, args)
+        return
     if args.freezing:
         import torch._inductor.config as inductor
 
@@ -141,8 +154,78 @@ def main() -> None:
         del model, lm
 
 
-def _plain(model, batch, tokens, pad):
-    """The plain path while a prepacked context is open: the packs are put aside by running outside it."""
+LOOKUP_CHAT = ["Explain in a few sentences why the sky is blue.", "Write a short poem about autumn leaves.",
+               "Rewrite this more politely: send me the report now, I have waited all week.",
+               "What are three tips for learning a new language?"]
+
+
+def lookup_prompts(data_dir: str, n: int) -> dict[str, list[str]]:
+    """n prompts of each kind: the first test examples of ARC-Easy (option text), MBPP and GSM8K, and open chat."""
+    from transformer_squared.tasks import get_task
+
+    kinds = {"chat": LOOKUP_CHAT[:n]}
+    for kind, task, folder in (("arc_text", "arc_text", "arc_easy"), ("mbpp", "mbpp", "mbpp"), ("gsm8k", "gsm8k", "gsm8k")):
+        path = os.path.join(data_dir, folder)
+        if os.path.isdir(path):
+            kinds[kind] = [e["prompt"] for e in get_task(task, data=path).examples("test")[:n]]
+        else:
+            print(f"  ({kind}: no {path}, left out)")
+    return kinds
+
+
+def lookup_side_by_side(dtype: str, args) -> None:
+    """Batch-1 answers to their natural end: plain, prepacked, prompt lookup, both; interleaved prompt by prompt."""
+    from transformer_squared.decoding import prepacked
+    from transformer_squared.generation import GenerationConfig, chat_text, encode, lookup_options
+    from transformer_squared.models import load_model
+
+    lm = load_model("default", dtype=dtype)
+    model, tok = lm.model, lm.tokenizer
+    options = lookup_options(GenerationConfig(lookup=args.lookup))
+    paths = {"plain": (False, {}), "prepack": (True, {}), f"lookup {args.lookup}": (False, options),
+             f"prepack + lookup {args.lookup}": (True, options)}
+
+    def answer(text: str, pack: bool, extra: dict) -> tuple[torch.Tensor, float]:
+        """Inside the prepacked context below: packed linears, or (pack False) the plain path."""
+        def run():
+            batch = encode(tok, [text])
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                out = model.generate(**batch, max_new_tokens=args.tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, **extra)
+                return out[0, batch["input_ids"].shape[1]:], time.perf_counter() - t0
+        return run() if pack else _plain_call(model, run)
+
+    print(f"{dtype}, batch 1, answers to their end (at most {args.tokens} tokens), threads {torch.get_num_threads()}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    with prepacked(model):  # one set of packs for every packed call (as t2 chat holds them for a session)
+        for pack, extra in paths.values():
+            answer(chat_text(tok, "Say hello."), pack, extra)  # warm-up (and the packing)
+        totals = {name: [0, 0.0, 0] for name in paths}  # tokens, seconds, answers equal to plain
+        for kind, prompts in lookup_prompts(args.data_dir, 4).items():
+            rows = {name: [0, 0.0, 0] for name in paths}
+            for prompt in prompts:
+                text = chat_text(tok, prompt)
+                for _ in range(args.repeats):
+                    reference = None
+                    for name, (pack, extra) in paths.items():
+                        ids, secs = answer(text, pack, extra)
+                        reference = ids if reference is None else reference
+                        rows[name][0] += len(ids)
+                        rows[name][1] += secs
+                        rows[name][2] += int(torch.equal(ids, reference))
+            base = rows["plain"][0] / rows["plain"][1]
+            print(f"  {kind:9s} " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f} ({eq}/{len(prompts) * args.repeats} equal)"
+                                             for name, (t, s, eq) in rows.items()), flush=True)
+            for name, row in rows.items():
+                totals[name] = [a + b for a, b in zip(totals[name], row)]
+    base = totals["plain"][0] / totals["plain"][1]
+    print("  all       " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f}" for name, (t, s, _) in totals.items())
+          + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def _plain_call(model, call):
+    """`call()` with the packs of an open prepacked context put aside: the plain path."""
     from transformer_squared.decoding import _STATE
 
     saved = {}
@@ -151,10 +234,15 @@ def _plain(model, batch, tokens, pad):
             saved[m] = m.forward
             del m.forward
     try:
-        return timed_generate(model, batch, tokens, pad)
+        return call()
     finally:
         for m, fwd in saved.items():
             m.forward = fwd
+
+
+def _plain(model, batch, tokens, pad):
+    """The plain path while a prepacked context is open."""
+    return _plain_call(model, lambda: timed_generate(model, batch, tokens, pad))
 
 
 def _swap_seconds(model, batch, pad) -> float:

@@ -3,8 +3,11 @@
 # RL-step / rollout / CEM / decode / serve benchmark on the GPU, and prints one table (check, status, seconds, detail).
 #
 #     bash bench/device_check.sh [--device cuda:0] [--skip-demo]
+#     bash bench/device_check.sh --device cpu     # dry run: the same steps on the CPU (checks this script itself)
 #
-# Without a GPU it says so and exits 0 without running anything (nothing to check on this machine).
+# Without a GPU it says so and exits 0 without running anything (nothing to check on this machine). `--device cpu`
+# runs every step on the CPU instead: the cuda-marked tests then skip, and the table shows that each step starts,
+# finishes and is reported, so that the day a GPU is lent the script itself is not what fails.
 # Logs of every step land in $OUT (default: a temporary folder), printed at the end.
 set -u
 cd "$(dirname "$0")/.."
@@ -22,7 +25,9 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 
-if ! GPU=$($PY -c "import torch, sys
+if [ "${DEVICE%%:*}" = cpu ]; then
+  GPU="dry run on the CPU ($($PY -c 'import torch; print("torch", torch.__version__)' 2>/dev/null)): the cuda tests skip"
+elif ! GPU=$($PY -c "import torch, sys
 if not torch.cuda.is_available(): sys.exit(1)
 print(torch.cuda.get_device_name(0), '|', round(torch.cuda.get_device_properties(0).total_memory / 2**30), 'GiB |',
       'bf16' if torch.cuda.is_bf16_supported() else 'no bf16', '| torch', torch.__version__)" 2>/dev/null); then

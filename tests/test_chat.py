@@ -158,3 +158,26 @@ def test_context_keeps_the_newest_turns_that_fit(svf):
         session._fit("g" * 200)
     turn = session.ask("hi", on_text=lambda t: None)
     assert session.history[-1] == {"role": "assistant", "content": turn.text} and turn.selection.name == "base"
+
+
+def test_prompt_lookup_streams_the_same_answer_in_fewer_forward_passes(svf):
+    """`t2 chat --lookup N`: the session passes prompt lookup to generate; the streamed text is the plain answer
+    (the tiny model's answers repeat themselves, so proposals are accepted: fewer forward passes than tokens)."""
+    from transformer_squared.adapt.chat import ChatSession
+    from transformer_squared.experts import ExpertLibrary
+    from transformer_squared.generation import GenerationConfig
+
+    svf.tokenizer = char_tokenizer()
+    calls = [0]
+    svf.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    turns, streamed = {}, {}
+    for lookup in (0, 5):
+        session = ChatSession(svf, ExpertLibrary("missing"), "base",
+                              config=GenerationConfig(max_new_tokens=40, lookup=lookup))
+        pieces: list[str] = []
+        calls[0] = 0
+        turns[lookup] = session.ask("the cat the cat", on_text=pieces.append), calls[0]
+        streamed[lookup] = "".join(pieces)
+    (plain, plain_calls), (fast, fast_calls) = turns[0], turns[5]
+    assert fast.text == plain.text == streamed[5] and fast.completion_tokens == plain.completion_tokens
+    assert plain_calls >= plain.completion_tokens and fast_calls < 0.75 * plain_calls, (fast_calls, plain_calls)

@@ -143,3 +143,20 @@ def test_cli_init_then_generate_with_the_expert(svf, cache, tmp_path, capsys):
     with svf.applied(noisy):  # the CLI's expert fits this process's model: de-quantization is deterministic
         [expected] = generate(svf.model, svf.tokenizer, [PROMPT], GREEDY_8)
     assert captured.out == expected + "\n"
+
+
+def test_prompt_lookup_answers_as_plain_decoding_in_fewer_forward_passes(cache):
+    """`--lookup 10` on the real model (float32): an answer that copies the prompt is the plain greedy answer, made
+    in far fewer forward passes than tokens (each pass checks up to 10 tokens proposed from the prompt)."""
+    from transformer_squared.models import load_model
+
+    lm = load_model("default", dtype="float32")
+    calls = [0]
+    lm.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    prompt = ("Repeat this sentence exactly, and nothing else: The quick brown fox jumps over the lazy dog near "
+              "the old river bank.")
+    plain = generate(lm.model, lm.tokenizer, prompt, max_new_tokens=32)
+    plain_calls, calls[0] = calls[0], 0
+    fast = generate(lm.model, lm.tokenizer, prompt, max_new_tokens=32, lookup=10)
+    assert fast == plain and "lazy dog" in plain, (plain, fast)
+    assert calls[0] <= plain_calls / 2, (calls[0], plain_calls)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import nonneg_float, option, positive_int, unit_interval
+from .config import nonneg_float, nonneg_int, option, positive_int, unit_interval
 
 if TYPE_CHECKING:  # torch is imported where text is generated: `t2 -h` builds flags from GenerationConfig
     import torch
@@ -20,6 +20,12 @@ class GenerationConfig:
     batch_size: int = option(16, "prompts per forward pass", parse=positive_int)
     prepack: bool = option(False, "CPU: run linear layers on oneDNN-prepacked weights (faster small-batch decoding; "
                                   "one extra copy of the weights, packed once per expert: see decoding.py)")
+    lookup: int = option(0, "prompt lookup decoding: propose up to N next tokens copied from where the last tokens "
+                            "occur earlier in the prompt or answer, and check them all in one forward pass; prompts are "
+                            "then decoded one at a time (faster batch-1 decoding of answers that reuse the prompt's "
+                            "words, in bf16 above all; the same decoding rule, but in bf16 the rounding of a "
+                            "checked position differs and an answer can change after a near-tie); 0 = off",
+                   parse=nonneg_int)
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -28,6 +34,23 @@ class GenerationConfig:
             raise ValueError("--temperature must be >= 0 (0 means greedy)")
         if not 0 < self.top_p <= 1:
             raise ValueError("--top-p must be in (0, 1]")
+        if self.lookup < 0:
+            raise ValueError("--lookup must be >= 0 (0 turns prompt lookup off)")
+
+
+def lookup_options(config: GenerationConfig) -> dict:
+    """`model.generate` keywords for prompt lookup decoding (transformers' assisted generation with n-gram
+    candidates from the context, `PromptLookupCandidateGenerator`): none when it is off.
+
+    Why it pays at batch 1: a decode step reads every weight once whatever the number of positions it scores
+    (BENCHMARKS.md: at batch 1 the step is bound by reading the weights, not by arithmetic), so checking N proposed
+    tokens costs about one step, and each accepted proposal saves a step. The candidates come from the context: when
+    the last 2 tokens (1 if 2 do not match) occurred earlier, the N tokens that followed them there are proposed.
+    The model's own choice at each position decides (greedy: the argmax; sampling: a token drawn from the model's
+    distribution, accepted where it equals the proposal), so the output follows the same rule as plain decoding;
+    only the rounding of a position scored beside others can differ, as with any change of batch shape.
+    transformers runs it for one sequence at a time."""
+    return {"prompt_lookup_num_tokens": config.lookup} if config.lookup else {}
 
 
 def chat_text(tokenizer, prompt: str | list[dict], system: str | None = None) -> str:
@@ -51,10 +74,11 @@ def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -
 
     from .decoding import prepacked
 
+    rows = 1 if config.lookup else config.batch_size  # prompt lookup decodes one sequence at a time
     with torch.no_grad(), prepacked(model, config.prepack):
         outputs: list[torch.Tensor] = []
-        for i in range(0, len(texts), config.batch_size):
-            batch = encode(tokenizer, texts[i : i + config.batch_size]).to(model.device)
+        for i in range(0, len(texts), rows):
+            batch = encode(tokenizer, texts[i : i + rows]).to(model.device)
             sample = config.temperature > 0
             out = model.generate(
                 **batch,
@@ -64,6 +88,7 @@ def generate_ids(model, tokenizer, texts: list[str], config: GenerationConfig) -
                 top_p=config.top_p if sample else None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
+                **lookup_options(config),
             )
             new = out[:, batch["input_ids"].shape[1] :]  # (B, new_tokens)
             for row in new:

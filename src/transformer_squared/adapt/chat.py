@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..generation import GenerationConfig, chat_text
+from ..generation import GenerationConfig, chat_text, lookup_options
 from .strategy import Selection
 
 COMMANDS = {
@@ -198,7 +198,8 @@ class ChatSession:
                                     max_new_tokens=max_new, do_sample=sample,
                                     temperature=self.config.temperature if sample else None,
                                     top_p=self.config.top_p if sample else None, top_k=None,
-                                    pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+                                    pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+                                    **lookup_options(self.config))
         pass2 = time.perf_counter() - t1
         text = streamer.text
         self.history = messages + [{"role": "assistant", "content": text}]
