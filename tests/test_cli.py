@@ -19,7 +19,7 @@ HELP = {
     (): ["decompose", "generate", "experts", "export"],
     ("decompose",): ["--model", "--targets", "--cache-dir", "--force"],
     ("generate",): ["--model", "--targets", "--cache-dir", "--library", "--expert", "--system", "--max-new-tokens",
-                    "--temperature", "--top-p", "prompt"],
+                    "--temperature", "--top-p", "--lookup", "prompt"],
     ("experts",): ["--library", "list", "show", "rank", "stats", "mix", "rm", "init"],
     ("experts", "list"): ["t2 experts list"],
     ("experts", "show"): ["name"],
@@ -217,6 +217,9 @@ def test_decompose_init_generate_export(tiny_folder, one_thread, tmp_path, capsy
     assert main(["generate", "--library", lib, "--cache-dir", cache, "--expert", "noisy", "--max-new-tokens", "3",
                  "--prepack", "hello", "world"]) == 0
     assert capsys.readouterr().out == captured.out  # oneDNN-packed linears: the same greedy answers
+    assert main(["generate", "--library", lib, "--cache-dir", cache, "--expert", "noisy", "--max-new-tokens", "3",
+                 "--lookup", "4", "hello", "world"]) == 0
+    assert capsys.readouterr().out == captured.out  # prompt lookup decoding (float32): the same greedy answers
 
     out_dir = tmp_path / "merged"
     assert main(["export", "--library", lib, "--cache-dir", cache, "--expert", "noisy", "--out", str(out_dir)]) == 0
@@ -249,3 +252,10 @@ def test_failed_export_leaves_nothing_and_restores_the_model(svf, tmp_path, rand
         export_merged(svf, Expert.for_model(svf, random_z(svf), name="e"), tmp_path / "out" / "merged")
     assert list((tmp_path / "out").iterdir()) == []
     assert svf.active is None and torch.equal(logits(svf.model, input_ids), base)
+
+
+def test_a_negative_lookup_is_refused_before_anything_loads(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--lookup", "-1", "hi"])
+    assert exit_.value.code == 2
+    assert "argument --lookup: must be an integer >= 0, not -1" in capsys.readouterr().err
