@@ -2,7 +2,7 @@
 weights), side by side in one process, interleaved and repeated; the default model.
 
     python bench/bench_decode.py [--dtypes float32 bfloat16] [--batches 1 4] [--tokens 32] [--repeats 3]
-    python bench/bench_decode.py --lookup 10 [--dtypes bfloat16] [--tokens 96] [--repeats 2]
+    python bench/bench_decode.py --lookup 4 10 [--dtypes bfloat16] [--tokens 96] [--repeats 2] [--start 4]
 
 Per dtype and batch size: median tokens/s of each path, their ratio, the first packed call's extra seconds (the
 packing: paid once per weight version), and whether the greedy tokens are equal. Also times repacking after an
@@ -14,11 +14,12 @@ with inductor's freezing (weights become constants, linears get oneDNN-packed) i
 compiles with the linears as an opaque custom op on packed weights (an experiment: decoding.prepacked itself
 checks weight addresses in Python, which dynamo cannot trace).
 
-`--lookup N` times batch-1 answers of four kinds of prompt (ARC-Easy option text, MBPP code, GSM8K, open chat; the
+`--lookup N [N ...]` times batch-1 answers of four kinds of prompt (ARC-Easy option text, MBPP code, GSM8K, open chat; the
 data sets from ../shared/data) instead, each answered to its natural end (at most --tokens): plain `generate`,
-`--prepack`, prompt lookup decoding with N proposed tokens (`--lookup N`, generation.lookup_options) and both together,
-interleaved prompt by prompt. Per kind and overall: tokens/s of each path, its ratio to plain, and how many answers
-equal the plain greedy answer.
+`--prepack`, and for each N prompt lookup decoding with N proposed tokens (`--lookup N`, generation.lookup_options)
+alone and with `--prepack`, interleaved prompt by prompt. Per kind and overall: tokens/s of each path, its ratio to
+plain, and how many answers equal the plain greedy answer. `--start 4` takes the next 4 prompts of each kind instead:
+a second set, to confirm a choice of N made on the first.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time static cache + torch.compile")
     ap.add_argument("--freezing", action="store_true", help="compile with inductor freezing")
     ap.add_argument("--compile-prepacked", action="store_true", help="compile with packed linears (custom op)")
-    ap.add_argument("--lookup", type=int, default=0, help="time prompt lookup decoding with N proposed tokens instead")
+    ap.add_argument("--lookup", type=int, nargs="+", default=[], help="time prompt lookup decoding instead, with each "
+                                                                      "N proposed tokens given (side by side)")
+    ap.add_argument("--start", type=int, default=0, help="--lookup: the prompts from this index on (4: held-out set)")
     ap.add_argument("--data-dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     args = ap.parse_args()
     if args.lookup:
@@ -156,18 +159,22 @@ def main() -> None:
 
 LOOKUP_CHAT = ["Explain in a few sentences why the sky is blue.", "Write a short poem about autumn leaves.",
                "Rewrite this more politely: send me the report now, I have waited all week.",
-               "What are three tips for learning a new language?"]
+               "What are three tips for learning a new language?",
+               "Describe how a bicycle works to a ten-year-old.", "Give me a recipe for a simple tomato soup.",
+               "Translate into French: The library opens at nine and closes at six.",
+               "What is the difference between weather and climate?"]
 
 
-def lookup_prompts(data_dir: str, n: int) -> dict[str, list[str]]:
-    """n prompts of each kind: the first test examples of ARC-Easy (option text), MBPP and GSM8K, and open chat."""
+def lookup_prompts(data_dir: str, n: int, start: int = 0) -> dict[str, list[str]]:
+    """n prompts of each kind from the start-th on: test examples of ARC-Easy (option text), MBPP and GSM8K, and
+    open chat (8 written here: --start 4 gives a second, held-out set)."""
     from transformer_squared.tasks import get_task
 
-    kinds = {"chat": LOOKUP_CHAT[:n]}
+    kinds = {"chat": LOOKUP_CHAT[start : start + n]}
     for kind, task, folder in (("arc_text", "arc_text", "arc_easy"), ("mbpp", "mbpp", "mbpp"), ("gsm8k", "gsm8k", "gsm8k")):
         path = os.path.join(data_dir, folder)
         if os.path.isdir(path):
-            kinds[kind] = [e["prompt"] for e in get_task(task, data=path).examples("test")[:n]]
+            kinds[kind] = [e["prompt"] for e in get_task(task, data=path).examples("test")[start : start + n]]
         else:
             print(f"  ({kind}: no {path}, left out)")
     return kinds
@@ -181,9 +188,10 @@ def lookup_side_by_side(dtype: str, args) -> None:
 
     lm = load_model("default", dtype=dtype)
     model, tok = lm.model, lm.tokenizer
-    options = lookup_options(GenerationConfig(lookup=args.lookup))
-    paths = {"plain": (False, {}), "prepack": (True, {}), f"lookup {args.lookup}": (False, options),
-             f"prepack + lookup {args.lookup}": (True, options)}
+    paths = {"plain": (False, {}), "prepack": (True, {})}
+    for n in args.lookup:
+        options = lookup_options(GenerationConfig(lookup=n))
+        paths.update({f"lookup {n}": (False, options), f"prepack + lookup {n}": (True, options)})
 
     def answer(text: str, pack: bool, extra: dict) -> tuple[torch.Tensor, float]:
         """Inside the prepacked context below: packed linears, or (pack False) the plain path."""
@@ -202,7 +210,7 @@ def lookup_side_by_side(dtype: str, args) -> None:
         for pack, extra in paths.values():
             answer(chat_text(tok, "Say hello."), pack, extra)  # warm-up (and the packing)
         totals = {name: [0, 0.0, 0] for name in paths}  # tokens, seconds, answers equal to plain
-        for kind, prompts in lookup_prompts(args.data_dir, 4).items():
+        for kind, prompts in lookup_prompts(args.data_dir, 4, args.start).items():
             rows = {name: [0, 0.0, 0] for name in paths}
             for prompt in prompts:
                 text = chat_text(tok, prompt)
