@@ -168,15 +168,16 @@ LOOKUP_CHAT = ["Explain in a few sentences why the sky is blue.", "Write a short
 def lookup_prompts(data_dir: str, n: int, start: int = 0) -> dict[str, list[str]]:
     """n prompts of each kind from the start-th on: test examples of ARC-Easy (option text), MBPP and GSM8K, and
     open chat (8 written here: --start 4 gives a second, held-out set)."""
+    from transformer_squared.cli.options import data_folder
     from transformer_squared.tasks import get_task
 
     kinds = {"chat": LOOKUP_CHAT[start : start + n]}
-    for kind, task, folder in (("arc_text", "arc_text", "arc_easy"), ("mbpp", "mbpp", "mbpp"), ("gsm8k", "gsm8k", "gsm8k")):
-        path = os.path.join(data_dir, folder)
+    for task in ("arc_text", "mbpp", "gsm8k"):
+        path = os.path.join(data_dir, data_folder(task))
         if os.path.isdir(path):
-            kinds[kind] = [e["prompt"] for e in get_task(task, data=path).examples("test")[start : start + n]]
+            kinds[task] = [e["prompt"] for e in get_task(task, data=path).examples("test")[start : start + n]]
         else:
-            print(f"  ({kind}: no {path}, left out)")
+            print(f"  ({task}: no {path}, left out)")
     return kinds
 
 
@@ -222,14 +223,15 @@ def lookup_side_by_side(dtype: str, args) -> None:
                         rows[name][0] += len(ids)
                         rows[name][1] += secs
                         rows[name][2] += int(torch.equal(ids, reference))
-            base = rows["plain"][0] / rows["plain"][1]
-            print(f"  {kind:9s} " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f} ({eq}/{len(prompts) * args.repeats} equal)"
+            base, answers = rows["plain"][0] / rows["plain"][1], len(prompts) * args.repeats
+            print(f"  {kind:9s} " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f} ({eq}/{answers} equal)"
                                              for name, (t, s, eq) in rows.items()), flush=True)
             for name, row in rows.items():
                 totals[name] = [a + b for a, b in zip(totals[name], row)]
     base = totals["plain"][0] / totals["plain"][1]
-    print("  all       " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f}" for name, (t, s, _) in totals.items())
-          + f"; load {os.getloadavg()[0]:.1f}", flush=True)
+    print("  all       " + "; ".join(f"{name} {t / s:5.1f} tok/s x{t / s / base:.2f}"
+                                     for name, (t, s, _) in totals.items()) + f"; load {os.getloadavg()[0]:.1f}",
+          flush=True)
 
 
 def _plain_call(model, call):

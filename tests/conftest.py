@@ -104,6 +104,13 @@ def input_ids():
     return torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
 
 
+def forward_counter(model) -> list[int]:
+    """[n]: how many forward passes `model` has run since; reset by assigning 0 to its item."""
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
 def logits_of(model, input_ids):
     """(B, T, vocab) float32 logits without autograd."""
     import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHAPE, char_tokenizer
+from conftest import SHAPE, char_tokenizer, forward_counter
 
 pexpect = pytest.importorskip("pexpect")
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -168,8 +168,7 @@ def test_prompt_lookup_streams_the_same_answer_in_fewer_forward_passes(svf):
     from transformer_squared.generation import GenerationConfig
 
     svf.tokenizer = char_tokenizer()
-    calls = [0]
-    svf.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    calls = forward_counter(svf.model)
     turns, streamed = {}, {}
     for lookup in (0, 5):
         session = ChatSession(svf, ExpertLibrary("missing"), "base",

@@ -31,25 +31,19 @@ def test_one_prompt_as_a_string_and_options_as_keywords(tiny):
         generate(model, tok, "hi", max_new_tokens=0)
 
 
-def _forward_counter(model) -> list[int]:
-    calls = [0]
-    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
-
-
 def test_prompt_lookup_gives_the_plain_greedy_tokens_in_fewer_forward_passes(tiny_model):
     """In float64 (no rounding to differ) prompt lookup decoding must reproduce plain greedy decoding token for token,
     and, on answers that repeat themselves (the tiny model loops), accept proposals: fewer forward passes than
     tokens. Prompts are decoded one at a time, whatever batch_size says."""
     import torch
 
-    from conftest import char_tokenizer
+    from conftest import char_tokenizer, forward_counter
 
     from transformer_squared.generation import GenerationConfig, generate_ids
 
     model, tok = tiny_model("llama").double(), char_tokenizer()
     texts = ["abcabcabcabc", "What is 2 + 2?\n", "the cat the cat the cat\n"]
-    calls = _forward_counter(model)
+    calls = forward_counter(model)
     plain = generate_ids(model, tok, texts, GenerationConfig(max_new_tokens=24, batch_size=1))
     plain_calls, calls[0] = calls[0], 0
     fast = generate_ids(model, tok, texts, GenerationConfig(max_new_tokens=24, batch_size=16, lookup=5))

@@ -150,9 +150,10 @@ def test_prompt_lookup_answers_as_plain_decoding_in_fewer_forward_passes(cache):
     in far fewer forward passes than tokens (each pass checks up to 10 tokens proposed from the prompt)."""
     from transformer_squared.models import load_model
 
+    from conftest import forward_counter
+
     lm = load_model("default", dtype="float32")
-    calls = [0]
-    lm.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    calls = forward_counter(lm.model)
     prompt = ("Repeat this sentence exactly, and nothing else: The quick brown fox jumps over the lazy dog near "
               "the old river bank.")
     plain = generate(lm.model, lm.tokenizer, prompt, max_new_tokens=32)

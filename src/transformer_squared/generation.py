@@ -45,8 +45,9 @@ def lookup_options(config: GenerationConfig) -> dict:
     Why it pays at batch 1: a decode step reads every weight once whatever the number of positions it scores, and at
     batch 1 reading the weights bounds it. So in bf16, checking N proposed tokens costs about one step, and each
     accepted proposal saves a step. In float32 on a CPU the extra positions' arithmetic shows (BENCHMARKS.md,
-    "Prompt lookup decoding": 1.65-1.86× in bf16 with --prepack, 1.11× in float32). The candidates come from the context: when
-    the last 2 tokens (1 if 2 do not match) occurred earlier, the N tokens that followed them there are proposed.
+    "Prompt lookup decoding": 1.65-1.86× in bf16 with --prepack, 1.11× in float32).
+    The candidates come from the context: when the last 2 tokens (1 if 2 do not match) occurred earlier, the N
+    tokens that followed them there are proposed.
     The model's own choice at each position decides (greedy: the argmax; sampling: a token drawn from the model's
     distribution, accepted where it equals the proposal), so the output follows the same rule as plain decoding;
     only the rounding of a position scored beside others can differ, as with any change of batch shape.
